@@ -1,0 +1,268 @@
+"""KaggleModelCheckpoint: ``kaggle_epoch_<epoch>_<timestamp>.ckpt`` files, a manifest, and "file ready" events."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+from typing_extensions import override
+
+from callbacks.checkpoint_io import SnapshotCheckpointIO
+from lightning_app.durations import parse_duration
+from lightning_app.errors import bad_value
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
+from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
+
+log = logging.getLogger("lightning_app.checkpoint")
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """A checkpoint file that is complete on disk, with its manifest entry already written."""
+
+    path: Path
+    entry: CheckpointEntry
+    folder: Path
+
+
+class KaggleModelCheckpoint(ModelCheckpoint):
+    """Saves every epoch (and every N steps / every interval if asked), keeps the newest few, writes a manifest.
+
+    Saves do not block training beyond a copy of the state to host memory: serialising, hashing, the atomic
+    write and the manifest update run in one background thread (see `lightning_app.persistence.snapshot`).
+    Components that must act once a file exists (the Kaggle sync) register with `add_listener`; Lightning's
+    own hooks run before the file is written.
+
+    Args:
+        dirpath: folder for checkpoints and ``manifest.json`` (on Kaggle: /kaggle/working/checkpoints).
+        keep_last: how many of the newest checkpoints to keep locally, by recency; older ones this callback
+            wrote are deleted. None keeps all.
+        every_n_epochs: save at the end of every N-th epoch.
+        every_n_train_steps: also save mid-epoch every N optimizer steps.
+        train_time_interval: also save mid-epoch when this much time passed since the last save (``00:30:00``).
+        save_weights_only: save only the weights (such a checkpoint cannot resume training).
+        verbose: log one line per saved checkpoint.
+    """
+
+    FILE_PREFIX = "kaggle_epoch_"
+
+    def __init__(
+        self,
+        dirpath: str = "checkpoints",
+        keep_last: int | None = 3,
+        every_n_epochs: int = 1,
+        every_n_train_steps: int | None = None,
+        train_time_interval: str | None = None,
+        save_weights_only: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise bad_value("--checkpoint.keep_last", keep_last, "an integer >= 1, or null to keep all")
+        if every_n_epochs < 1:
+            raise bad_value("--checkpoint.every_n_epochs", every_n_epochs, "an integer >= 1")
+        if every_n_train_steps is not None and every_n_train_steps < 1:
+            raise bad_value("--checkpoint.every_n_train_steps", every_n_train_steps, "an integer >= 1, or null")
+        interval = parse_duration("--checkpoint.train_time_interval", train_time_interval)
+        # Lightning's own step/time triggers switch its epoch saves off; this class runs those triggers itself.
+        super().__init__(
+            dirpath=dirpath,
+            monitor=None,
+            save_top_k=-1,
+            every_n_epochs=every_n_epochs,
+            save_on_train_epoch_end=True,
+            save_weights_only=save_weights_only,
+            verbose=verbose,
+            enable_version_counter=False,
+        )
+        self.keep_last = keep_last
+        self.every_n_steps = every_n_train_steps
+        self.time_interval: timedelta | None = interval
+        self.settings: dict[str, object] = {}
+        self._listeners: list[Callable[[SavedCheckpoint], None]] = []
+        self._writer = SnapshotWriter(self._file_written, self._write_failed)
+        self._async = False
+        self._pending: dict[str, CheckpointEntry] = {}
+        self._lock = threading.Lock()
+        self._manifest = Manifest()
+        self._last_save_time = time.monotonic()
+        self._save_requested = False
+        self._end_of_epoch = False
+        self.last_saved: SavedCheckpoint | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Fixed: Lightning's default key includes the arguments, and changing a flag between sessions would
+        # make the resumed run drop this callback's state with a warning.
+        return "KaggleModelCheckpoint"
+
+    def add_listener(self, listener: Callable[[SavedCheckpoint], None]) -> None:
+        """Call ``listener`` (in the writer thread, global rank 0 only) each time a checkpoint file is complete."""
+        self._listeners.append(listener)
+
+    def request_save(self) -> None:
+        """Save at the next step boundary, whatever the schedule says (used by the deadline and signals).
+
+        Every rank must call it for the same step under DDP.
+        """
+        self._save_requested = True
+
+    def wait_for_writes(self, timeout: float | None = None) -> bool:
+        """Block until the pending write and its manifest update are done; False on timeout."""
+        return self._writer.wait(timeout)
+
+    @property
+    def last_blocked_seconds(self) -> float:
+        """How long the last save held up training (the host copy, plus any wait for the previous write)."""
+        return self._writer.last_blocked_seconds
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        settings = getattr(pl_module, "settings", None)
+        self.settings = dict(settings()) if callable(settings) else {}
+        folder = Path(self.dirpath)
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._manifest = Manifest.load(folder) or Manifest()
+        # The default IO writes inline; swap in the snapshot writer. A user's own IO plugin is left alone.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = SnapshotCheckpointIO(self._writer)
+            self._async = True
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_save_time = time.monotonic()
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        # The epoch-end save covers the last batch. A step save here would restore an exhausted loader, and the
+        # resumed run would skip the next epoch.
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: the gradients so far are not in any checkpoint
+        due = self._save_requested
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            due = True
+        if self.time_interval is not None:
+            elapsed = time.monotonic() - self._last_save_time
+            due = trainer.strategy.broadcast(due or elapsed >= self.time_interval.total_seconds())
+        if due:
+            self.save_now(trainer)
+
+    def save_now(self, trainer: pl.Trainer, end_of_epoch: bool = False) -> None:
+        """Save a checkpoint of the current state (every rank must call it)."""
+        self._save_requested = False
+        if self._last_global_step_saved == trainer.global_step and trainer.global_step > 0:
+            return
+        filepath = trainer.strategy.broadcast(str(self._next_path(trainer)))
+        self._end_of_epoch = end_of_epoch
+        self._save_checkpoint(trainer, filepath)
+
+    @override
+    def _save_none_monitor_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        self.save_now(trainer, end_of_epoch=True)
+
+    @override
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        name = Path(filepath).name
+        entry = CheckpointEntry(
+            file=name,
+            epoch=trainer.current_epoch,
+            global_step=trainer.global_step,
+            timestamp=name[len(self.FILE_PREFIX) :].split("_", 1)[1].removesuffix(".ckpt"),
+            end_of_epoch=self._end_of_epoch,
+            metrics=_plain_metrics(trainer.callback_metrics),
+            settings=self.settings,
+        )
+        with self._lock:
+            self._pending[str(filepath)] = entry
+        self._last_save_time = time.monotonic()
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero and not self._async:  # a user's IO plugin wrote it inline
+            path = Path(filepath)
+            self._file_written(WrittenFile(path, path.stat().st_size, sha256_of(path), 0.0))
+
+    def _next_path(self, trainer: pl.Trainer) -> Path:
+        """``kaggle_epoch_<epoch>_<UTC YYYYmmdd-HHMMSS>.ckpt``, with ``-01``, ``-02``... within one second."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        base = f"{self.FILE_PREFIX}{trainer.current_epoch}_{stamp}"
+        with self._lock:
+            taken = set(self._manifest.entries) | {Path(p).name for p in self._pending}
+        name, seq = f"{base}.ckpt", 0
+        while name in taken or (Path(self.dirpath) / name).exists():
+            seq += 1
+            name = f"{base}-{seq:02d}.ckpt"
+        return Path(self.dirpath) / name
+
+    def _file_written(self, written: WrittenFile) -> None:
+        with self._lock:
+            entry = self._pending.pop(str(written.path), None)
+        if entry is None:
+            return  # a save that is not ours (e.g. a user's trainer.save_checkpoint)
+        entry = replace(entry, size=written.size, sha256=written.sha256)
+        folder = written.path.parent
+        with self._lock:
+            self._manifest.add(entry)
+            self._apply_retention(folder)
+            self._manifest.save(folder)
+        saved = SavedCheckpoint(written.path, entry, folder)
+        self.last_saved = saved
+        if self.verbose:
+            log.info(
+                f"Saved {entry.file} (epoch {entry.epoch}, step {entry.global_step}, "
+                f"{entry.size / 1e6:.1f} MB) in {written.seconds:.2f} s"
+            )
+        for listener in self._listeners:
+            try:
+                listener(saved)
+            except Exception:  # noqa: BLE001 - a listener must never break checkpointing
+                log.exception("checkpoint listener %r failed", listener)
+
+    def _apply_retention(self, folder: Path) -> None:
+        if self.keep_last is None:
+            return
+        for old in self._manifest.newest_first()[self.keep_last :]:
+            (folder / old.file).unlink(missing_ok=True)
+            self._manifest.discard(old.file)
+
+    def _write_failed(self, path: Path, error: BaseException) -> None:
+        with self._lock:
+            self._pending.pop(str(path), None)
+        log.warning(f"Checkpoint {path.name} could not be written ({error}); training continues")
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        super().on_exception(trainer, pl_module, exception)
+        self._writer.wait()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._writer.wait()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._writer.wait()
+
+
+def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    plain = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, (int, float)):
+            plain[key] = round(float(value), 6)
+    return plain

@@ -1,0 +1,155 @@
+"""``python -m lightning_app fit|validate|test``: a LightningCLI with the project's option groups and ``--resume``.
+
+Option groups: ``--model.*`` (LanguageModel), ``--data.*`` (SyntheticDataModule by default, or
+``--data TextDataModule --data.path ...``), ``--trainer.*``, ``--checkpoint.*`` (KaggleModelCheckpoint),
+``--restore.*`` (where ``--resume`` looks). The seed script's flags still work as aliases:
+``--pe_type``, ``--model_size``, ``--epochs``, ``--batch_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from callbacks.checkpoint import KaggleModelCheckpoint
+from callbacks.kaggle_sync import KaggleDatasetSync
+from lightning_app.errors import ConfigError
+from lightning_app.module import LanguageModel
+from lightning_app.persistence import restore
+from lightning_app.precision import resolve_precision
+
+log = logging.getLogger("lightning_app")
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+#: The seed script's flags and the options they stand for.
+SEED_ALIASES = {
+    "--pe_type": "--model.pe_type",
+    "--model_size": "--model.model_size",
+    "--epochs": "--trainer.max_epochs",
+    "--batch_size": "--data.batch_size",
+}
+
+#: Set by the process that resolved ``--resume``, read by the DDP processes Lightning launches from it.
+RESUME_ENV = "LIGHTNING_APP_RESUME_FROM"
+
+
+def expand_aliases(argv: list[str]) -> list[str]:
+    """``--epochs 10`` -> ``--trainer.max_epochs 10`` (also ``--epochs=10``); ``--trainer.precision auto`` -> unset."""
+    expanded = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        expanded.append(SEED_ALIASES[flag] + eq + value if flag in SEED_ALIASES else arg)
+    return expanded
+
+
+class TrainingCLI(LightningCLI):
+    """The project's LightningCLI. See the module docstring for the option groups."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(KaggleModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(KaggleDatasetSync, "sync")
+        parser.add_class_arguments(restore.RestoreOptions, "restore")
+        parser.add_argument(
+            "--resume",
+            nargs="?",
+            const="auto",
+            default=None,
+            help="Continue from the newest good checkpoint (local folder, --restore.input_dir, the sync dataset), "
+            "or from the checkpoint file given. Without it training starts fresh.",
+        )
+        parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
+        parser.set_defaults(
+            {
+                "trainer.use_distributed_sampler": False,  # our sampler shards and resumes; Lightning's would not
+                "trainer.logger": {
+                    "class_path": "pytorch_lightning.loggers.CSVLogger",
+                    "init_args": {"save_dir": "logs", "name": "lm"},
+                },
+            }
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        if config.trainer.precision is None:
+            config.trainer.precision = resolve_precision(config.trainer.accelerator)
+
+    def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
+        """`Trainer.fit`, after the restore hook has turned ``--resume`` into a local checkpoint path."""
+        config = self.config_init[self.subcommand]
+        if ckpt_path is None:
+            ckpt_path = self._resolve_resume(config.get("resume"), model, datamodule, config.restore)
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def _sync(self) -> KaggleDatasetSync | None:
+        return next((cb for cb in self.trainer.callbacks if isinstance(cb, KaggleDatasetSync)), None)
+
+    def _resolve_resume(
+        self, resume: str | None, model: LanguageModel, datamodule, options: restore.RestoreOptions
+    ) -> str | None:
+        checkpoint = self.trainer.checkpoint_callback
+        folder = Path(checkpoint.dirpath)
+        if resume is None:
+            if any(folder.glob("kaggle_epoch_*.ckpt")):
+                log.info(f"Starting fresh: checkpoints in {folder} are left alone (pass --resume to continue)")
+            return None
+        if int(os.environ.get("LOCAL_RANK", "0")) > 0 and RESUME_ENV in os.environ:
+            return os.environ[RESUME_ENV] or None  # a DDP process launched by the one that resolved it
+        if resume != "auto":
+            path = Path(resume)
+            if not path.is_file():
+                raise ConfigError(f"--resume: got {resume!r}; expected an existing checkpoint file, or no value")
+            candidates = restore.scan_folder(path.parent, "local")
+            chosen = next((c for c in candidates if c.path.name == path.name), None)
+            if chosen is None:
+                raise ConfigError(f"--resume: {resume!r} is not a checkpoint that loads")
+        else:
+            sync = self._sync()
+            identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
+            store = sync.store(model.settings(), identity) if sync is not None else None
+            inventory = restore.collect(folder, options, store, folder / ".remote")
+            chosen = inventory.chosen
+            if chosen is None:
+                log.info("No checkpoint found to resume from: starting fresh")
+                os.environ[RESUME_ENV] = ""
+                return None
+        restore.check_settings(chosen, model.settings())
+        local = restore.make_local(chosen, folder)
+        shutil.rmtree(folder / ".remote", ignore_errors=True)
+        log.info(restore.explain(chosen))
+        os.environ[RESUME_ENV] = str(local)
+        return str(local)
+
+
+def with_default_config(argv: list[str]) -> list[str]:
+    """``fit`` without ``--config`` uses ``configs/default.yaml`` (a default config file would also sit under
+    every ``--config``, leaking its model settings into e.g. smoke.yaml)."""
+    if argv[:1] == ["fit"] and not any(a == "--config" or a.startswith("--config=") for a in argv):
+        default = CONFIG_DIR / "default.yaml"
+        if default.is_file():
+            return ["fit", "--config", str(default), *argv[1:]]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = with_default_config(expand_aliases(list(sys.argv[1:] if argv is None else argv)))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    try:
+        TrainingCLI(
+            LanguageModel,
+            pl.LightningDataModule,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=argv,
+        )
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

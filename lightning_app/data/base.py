@@ -1,0 +1,176 @@
+"""What the synthetic and the text data share: token windows, validation helpers and the resumable loaders."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.accelerators import CUDAAccelerator
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_app.data.loader import ResumableDataLoader
+from lightning_app.data.sampler import ResumableSampler, derive_seed
+from lightning_app.errors import bad_value
+
+
+def check_int(flag: str, value: Any, low: int) -> int:
+    """Return ``value`` if it is an integer >= ``low``; otherwise raise the ConfigError that names ``flag``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise bad_value(flag, value, f"an integer >= {low}")
+    return value
+
+
+class TokenWindows(Dataset):
+    """Windows of ``seq_len + 1`` tokens at a fixed stride over a 1-D token array, as ``(x, y)`` int64 tensors.
+
+    Window ``i`` starts at token ``(first + i) * stride``; ``x`` is its first ``seq_len`` tokens and ``y`` the
+    same shifted by one. The array is either held in memory or memory-mapped from a file of uint8 tokens; a
+    mapped dataset pickles as its path (workers map the file themselves; pickling an ``np.memmap`` would copy
+    the whole file).
+
+    Args:
+        tokens: a 1-D integer array, or the path of a file of uint8 tokens to memory-map.
+        seq_len: tokens per input; windows hold one more.
+        stride: tokens between the starts of consecutive windows.
+        first: index of the first window (in units of ``stride``) that belongs to this dataset.
+        count: number of windows.
+    """
+
+    def __init__(self, tokens: np.ndarray | str | os.PathLike, *, seq_len: int, stride: int, first: int, count: int):
+        self._path = None if isinstance(tokens, np.ndarray) else os.fspath(tokens)
+        self._tokens = tokens if isinstance(tokens, np.ndarray) else None
+        self.seq_len, self.stride, self.first, self.count = seq_len, stride, first, count
+        end = (first + count - 1) * stride + seq_len + 1 if count else 0
+        if len(self.tokens) < end:
+            have = len(self.tokens)
+            raise ValueError(f"TokenWindows: windows {first}..{first + count - 1} need {end} tokens; have {have}")
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """The token array (an ``np.memmap`` when built from a path)."""
+        if self._tokens is None:
+            self._tokens = np.memmap(self._path, dtype=np.uint8, mode="r")
+        return self._tokens
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < self.count:
+            raise IndexError(f"window {index} out of range [0, {self.count})")
+        start = (self.first + index) * self.stride
+        window = torch.from_numpy(np.array(self.tokens[start : start + self.seq_len + 1], dtype=np.int64))  # (T+1,)
+        return window[:-1], window[1:]  # (T,), (T,)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self._path is not None:
+            state["_tokens"] = None
+        return state
+
+
+class TokenWindowDataModule(pl.LightningDataModule):
+    """Base of the data modules: loaders that resume exactly, sharded across ranks by their own sampler.
+
+    The Trainer runs with ``use_distributed_sampler=False``: Lightning leaves our loaders alone and the
+    :class:`ResumableSampler` shards them. Subclasses set ``vocab_size``, ``seq_len`` and
+    ``num_train_windows`` in ``__init__`` and implement :meth:`_build_datasets` and :meth:`identity`.
+
+    Args:
+        seq_len: tokens per training input.
+        batch_size: windows per batch and per rank.
+        seed: seed of the training order (each epoch's order is a function of it and the epoch).
+        num_workers: data-loading worker processes (0 loads in the main process).
+    """
+
+    vocab_size: int
+    num_train_windows: int
+
+    def __init__(self, *, seq_len: int, batch_size: int, seed: int, num_workers: int) -> None:
+        super().__init__()
+        self.seq_len = check_int("--data.seq_len", seq_len, 1)
+        self.batch_size = check_int("--data.batch_size", batch_size, 1)
+        self.num_workers = check_int("--data.num_workers", num_workers, 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise bad_value("--data.seed", seed, "an integer")
+        self.seed = seed
+        self._datasets: tuple[TokenWindows, TokenWindows] | None = None
+
+    def _build_datasets(self) -> tuple[TokenWindows, TokenWindows]:
+        """Build the (train, val) datasets; called once, lazily."""
+        raise NotImplementedError
+
+    def identity(self) -> dict[str, Any]:
+        """Plain-typed settings that identify the data: class name and what generates or locates it."""
+        raise NotImplementedError
+
+    def num_train_batches(self, world_size: int = 1) -> int:
+        """Training batches per epoch on each rank: pure arithmetic, no loader is built.
+
+        Args:
+            world_size: number of ranks sharing the data.
+        """
+        return (self.num_train_windows // world_size) // self.batch_size
+
+    @property
+    def train_dataset(self) -> TokenWindows:
+        return self._get_datasets()[0]
+
+    @property
+    def val_dataset(self) -> TokenWindows:
+        return self._get_datasets()[1]
+
+    def _get_datasets(self) -> tuple[TokenWindows, TokenWindows]:
+        if self._datasets is None:
+            self._datasets = self._build_datasets()
+        return self._datasets
+
+    def setup(self, stage: str) -> None:
+        self._get_datasets()
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader_kwargs(self, purpose: str) -> dict[str, Any]:
+        trainer = self.trainer
+        return {
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            # Only for a CUDA trainer; asking torch.cuda would not initialise CUDA but pinning needs a GPU anyway.
+            "pin_memory": trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator),
+            # Each loader draws its worker seeds from its own generator, never from the global torch RNG.
+            "generator": torch.Generator().manual_seed(derive_seed(self.seed, "loader", purpose)),
+        }
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        world_size, rank = self._world()
+        if self.num_train_batches(world_size) < 1:
+            raise bad_value(
+                "--data.batch_size",
+                self.batch_size,
+                f"at most {self.num_train_windows // world_size}, the training windows per device "
+                f"({self.num_train_windows} windows over {world_size} devices)",
+            )
+        dataset = self.train_dataset
+        sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=True, num_replicas=world_size, rank=rank)
+        if self.trainer is not None:
+            # Lightning makes the epoch's iterator before it calls set_epoch, and workers prefetch indices as
+            # soon as the iterator exists, so an epoch-end resume would replay a stale epoch: set it here.
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return ResumableDataLoader(dataset, sampler=sampler, drop_last=True, **self._loader_kwargs("train"))
+
+    def val_dataloader(self) -> DataLoader:
+        """The held-out windows in a fixed order, sharded across ranks (a rank's last batch may be smaller)."""
+        world_size, rank = self._world()
+        dataset = self.val_dataset
+        sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=False, num_replicas=world_size, rank=rank)
+        return DataLoader(dataset, sampler=sampler, drop_last=False, **self._loader_kwargs("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out windows, as :meth:`val_dataloader` (there is no separate test split)."""
+        return self.val_dataloader()

@@ -1,0 +1,162 @@
+"""Find Kaggle credentials the way ``KaggleApi`` does, and say where they came from without ever holding the key.
+
+Order (kaggle 2.x; 1.6.x knows only 2 and 3):
+
+1. an access token: in a notebook the file named by ``KAGGLE_API_V1_TOKEN``, then ``KAGGLE_API_TOKEN`` (the token
+   or a file holding it), then ``~/.kaggle/access_token`` (or ``access_token.txt``);
+2. ``KAGGLE_USERNAME`` / ``KAGGLE_KEY`` environment variables;
+3. ``kaggle.json`` in ``$KAGGLE_CONFIG_DIR`` (default ``~/.kaggle`` if it exists, else ``~/.config/kaggle``),
+   then the OAuth credentials that ``kaggle auth login`` caches in ``~/.kaggle/credentials.json``;
+4. inside a Kaggle notebook only: Kaggle Secrets named ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``, exported into
+   ``os.environ`` so that the client (in this process and in child processes) finds them.
+
+Credentials are never command-line options. ``KaggleCredentials`` holds a username and a source, never a key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_REDACTED = "***"
+_SECRET_NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY")
+
+
+@dataclass(frozen=True)
+class KaggleCredentials:
+    """Where the client will find its credentials. Holds no secret, so it is safe to log.
+
+    Attributes:
+        username: the Kaggle user, when known without a network call (None for access tokens).
+        source: a phrase for log lines, e.g. ``"KAGGLE_USERNAME/KAGGLE_KEY environment variables"``.
+    """
+
+    username: str | None
+    source: str
+
+
+def find_credentials() -> KaggleCredentials | None:
+    """The credentials ``KaggleApi`` would use, in its own order; None when there are none.
+
+    Inside a Kaggle notebook with no other credentials, Kaggle Secrets are read and exported into
+    ``os.environ`` (the only side effect).
+    """
+    return _access_token() or _username_and_key() or _oauth_login() or _notebook_secrets()
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every known Kaggle key or token replaced by ``***`` (for error messages and logs)."""
+    for secret in _known_secrets():
+        text = text.replace(secret, _REDACTED)
+    return text
+
+
+def in_kaggle_notebook() -> bool:
+    """True inside a Kaggle notebook (the platform sets ``KAGGLE_KERNEL_RUN_TYPE``)."""
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
+
+
+def config_dir() -> Path:
+    """The folder ``KaggleApi`` reads ``kaggle.json`` from (its own rule)."""
+    configured = os.environ.get("KAGGLE_CONFIG_DIR")
+    if configured:
+        return Path(configured)
+    legacy = Path.home() / ".kaggle"
+    if legacy.exists() or not sys.platform.startswith("linux"):
+        return legacy
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+
+
+def _read_text(path: str | os.PathLike) -> str | None:
+    try:
+        return Path(path).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _token_sources() -> list[tuple[str, str]]:
+    """(token, source) pairs in the client's order; the first is the one it uses."""
+    found: list[tuple[str, str]] = []
+    # kagglesdk only trusts KAGGLE_API_V1_TOKEN in a notebook that also has its data proxy.
+    if in_kaggle_notebook() and os.environ.get("KAGGLE_DATA_PROXY_URL"):
+        path = os.environ.get("KAGGLE_API_V1_TOKEN")
+        token = _read_text(path) if path else None
+        if token:
+            found.append((token, "the notebook's KAGGLE_API_V1_TOKEN file"))
+    value = os.environ.get("KAGGLE_API_TOKEN")
+    if value:
+        if Path(value).exists():
+            token = _read_text(value)
+            if token:
+                found.append((token, "the file named by KAGGLE_API_TOKEN"))
+        else:
+            found.append((value, "KAGGLE_API_TOKEN environment variable"))
+    for name in ("access_token", "access_token.txt"):
+        token = _read_text(Path.home() / ".kaggle" / name)
+        if token:
+            found.append((token, f"~/.kaggle/{name}"))
+    return found
+
+
+def _kaggle_json() -> dict[str, str]:
+    text = _read_text(config_dir() / "kaggle.json")
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def _access_token() -> KaggleCredentials | None:
+    sources = _token_sources()
+    return KaggleCredentials(None, f"access token from {sources[0][1]}") if sources else None
+
+
+def _username_and_key() -> KaggleCredentials | None:
+    # The client overlays KAGGLE_* variables on kaggle.json, so either may supply either half.
+    from_file = _kaggle_json()
+    username = os.environ.get("KAGGLE_USERNAME") or from_file.get("username")
+    key = os.environ.get("KAGGLE_KEY") or from_file.get("key")
+    if not (username and key):
+        return None
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return KaggleCredentials(username, "KAGGLE_USERNAME/KAGGLE_KEY environment variables")
+    return KaggleCredentials(username, f"{config_dir() / 'kaggle.json'}")
+
+
+def _oauth_login() -> KaggleCredentials | None:
+    path = Path.home() / ".kaggle" / "credentials.json"
+    if not path.is_file():
+        return None
+    try:
+        username = json.loads(path.read_text()).get("username")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return KaggleCredentials(username if isinstance(username, str) else None, "`kaggle auth login` (OAuth)")
+
+
+def _notebook_secrets() -> KaggleCredentials | None:
+    if not in_kaggle_notebook():
+        return None
+    try:
+        from kaggle_secrets import UserSecretsClient  # only exists inside Kaggle notebooks
+
+        client = UserSecretsClient()
+        values = {name: client.get_secret(name) for name in _SECRET_NAMES}
+    except Exception:  # noqa: BLE001 - missing module, Internet off, secret not attached: all mean "not found"
+        return None
+    if not all(isinstance(v, str) and v for v in values.values()):
+        return None
+    os.environ.update(values)
+    return KaggleCredentials(values["KAGGLE_USERNAME"], "Kaggle Secrets KAGGLE_USERNAME/KAGGLE_KEY")
+
+
+def _known_secrets() -> list[str]:
+    """Every key or token this process could be using; longest first so that no fragment survives."""
+    candidates = [os.environ.get("KAGGLE_KEY"), _kaggle_json().get("key")]
+    candidates += [token for token, _ in _token_sources()]
+    # Short values would redact ordinary words; real keys and tokens are 32+ characters.
+    return sorted({c for c in candidates if c and len(c) >= 8}, key=len, reverse=True)

@@ -1,0 +1,229 @@
+"""Child-process entry point of ``KaggleDatasetStore``: one ``KaggleApi`` operation per process.
+
+The ``kaggle`` client has no timeouts, and a thread stuck in it cannot be cancelled (a late
+CreateDatasetVersion could even publish after a newer version). So the parent runs every operation as::
+
+    python -m lightning_app.persistence.kaggle_calls <op> <args.json> <result.json>
+
+and kills the process when its time is up. The result file holds ``{"ok": true, "result": ...}`` or
+``{"ok": false, "kind": "auth" | "transient" | "not_found" | "error", "message": ...}``; the client's stdout
+chatter ("Dataset URL: ...") goes nowhere. ``kaggle`` is imported here only, lazily.
+
+Operations (``args`` keys in brackets):
+
+- ``publish`` [ref, folder, notes, files ({name: size})]: create the private dataset, or add a version. Answers
+  ``{"outcome": "busy", "status"}`` while the newest version is processing (nothing created),
+  ``{"outcome": "existing", "version", "files"}`` when the newest version already holds exactly ``files``, or
+  ``{"outcome": "created", "version", "files"}`` with the new version as the server lists it.
+- ``list`` [ref (owner/slug or owner/slug/N)]: ``{"files": [[name, size], ...]}``, all pages.
+- ``download`` [ref, path]: ``{"zip": path/<slug>.zip}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lightning_app.persistence.credentials import redact_secrets
+
+#: kagglesdk methods whose built-in retry (on connection errors) could create a second version after a lost
+#: reply; the parent retries them itself, after checking what the server already has.
+_NOT_IDEMPOTENT = {"create_dataset", "create_dataset_version", "create_dataset_version_by_id"}
+_NO_CREDENTIALS = (
+    "no Kaggle credentials found: set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json "
+    "in ~/.kaggle (in a Kaggle notebook: add Secrets named KAGGLE_USERNAME and KAGGLE_KEY)"
+)
+_MAX_PAGES = 1000
+#: Statuses after which a new version may be created ("failed"/"deleted" versions block nothing).
+SETTLED = ("ready", "failed", "deleted")
+
+
+class Failure(Exception):
+    """A failure this module has already classified."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """``(kind, message)`` for an exception raised by the client."""
+    if isinstance(error, Failure):
+        return error.kind, str(error)
+    status = http_status(error)
+    if status is not None:
+        if status == 401:
+            kind = "auth"
+        elif status == 404:
+            kind = "not_found"
+        elif status in (403, 408, 429) or status >= 500:
+            kind = "transient"  # 403: "the previous version is still processing"
+        else:
+            kind = "error"
+        return kind, f"HTTP {status}: {error}"
+    if isinstance(error, (ConnectionError, TimeoutError, *_network_errors())):
+        return "transient", f"{type(error).__name__}: {error}"  # connection reset, refused, read timeout
+    if isinstance(error, ValueError) and "Upload unsuccessful" in str(error):
+        return "transient", str(error)  # a blob PUT failed; kaggle 2.x raises instead of dropping the file
+    return "error", f"{type(error).__name__}: {error}"
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import requests
+        import urllib3
+    except ImportError:  # pragma: no cover - both come with kaggle
+        return ()
+    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.HTTPError)
+
+
+def http_status(error: BaseException) -> int | None:
+    """The HTTP status behind ``requests.HTTPError`` (kaggle >= 1.7) or ``ApiException`` (kaggle 1.6)."""
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is None and type(error).__name__ == "ApiException":
+        status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def connect() -> Any:
+    """The authenticated ``KaggleApi``, with the client's own retry of create calls turned off."""
+    try:
+        from kaggle import api  # authenticates at import: 1.6 raises OSError, 2.x prints help and carries on
+    except ImportError as error:
+        raise Failure("error", f"the kaggle package is not installed ({error})") from error
+    except (OSError, SystemExit) as error:
+        raise Failure("auth", _NO_CREDENTIALS) from error
+    try:
+        api.authenticate()  # again, so that 2.x reports missing credentials (it calls exit(1))
+    except (OSError, SystemExit) as error:
+        raise Failure("auth", _NO_CREDENTIALS) from error
+    with_retry = getattr(api, "with_retry", None)
+    if with_retry is not None:
+
+        def with_retry_except_creates(func: Callable, *args: Any, **kwargs: Any) -> Callable:
+            return func if getattr(func, "__name__", "") in _NOT_IDEMPOTENT else with_retry(func, *args, **kwargs)
+
+        api.with_retry = with_retry_except_creates
+    return api
+
+
+def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
+    try:
+        data = json.loads(api.dataset_status(ref, format=fields))
+    except TypeError:  # kaggle < 2.1: no format argument, status only
+        return {"status": str(api.dataset_status(ref)).lower(), "version": None} if "status" in fields else {}
+    return {"status": str(data.get("status", "")).lower(), "version": data.get("current_version_number")}
+
+
+def list_all(api: Any, ref: str) -> list[list[Any]]:
+    """``[[name, size], ...]`` of every file of ``ref``, following page tokens (kaggle 1.6 and 2.x shapes)."""
+    files: list[list[Any]] = []
+    token = None
+    for _ in range(_MAX_PAGES):
+        response = api.dataset_list_files(ref, page_token=token) if token else api.dataset_list_files(ref)
+        problem = getattr(response, "error_message", None) or getattr(response, "errorMessage", None)
+        if problem:
+            raise Failure("not_found", f"{ref}: {problem}")
+        for item in getattr(response, "files", None) or []:
+            size = getattr(item, "total_bytes", None)
+            size = getattr(item, "totalBytes", None) if size is None else size
+            files.append([str(item.name), int(size or 0)])
+        token = getattr(response, "next_page_token", None) or getattr(response, "nextPageToken", None)
+        if not token:
+            return files
+    raise Failure("error", f"{ref}: more than {_MAX_PAGES} pages of files")
+
+
+def _check_created(response: Any) -> None:
+    """The create calls report some failures in the body (status "error"), not as HTTP errors."""
+    get = response.get if isinstance(response, dict) else lambda name: getattr(response, name, None)
+    status, problem = str(get("status") or ""), get("error")
+    if problem or status.lower() not in ("", "ok"):
+        message = str(problem or f"status {status!r}")
+        # "slug already in use": an earlier attempt created it after all; the next attempt adds a version.
+        raise Failure("transient" if "already in use" in message else "error", message)
+
+
+def _published(api: Any, ref: str) -> dict[str, Any]:
+    version = _status(api, ref, "json(current_version_number)").get("version")
+    return {"version": version, "files": list_all(api, f"{ref}/{version}" if version else ref)}
+
+
+def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """Create the dataset, or add a version once the newest one is settled, unless it already holds the files."""
+    ref = args["ref"]
+    try:
+        state = _status(api, ref)
+    except Exception as error:
+        if http_status(error) != 404:
+            raise
+        _check_created(api.dataset_create_new(folder=args["folder"], public=False, quiet=True, dir_mode="skip"))
+        return {"outcome": "created", **_published(api, ref)}
+    if state["status"] not in SETTLED:
+        return {"outcome": "busy", "status": state["status"]}
+    if state["status"] == "ready":
+        newest = list_all(api, f"{ref}/{state['version']}" if state["version"] else ref)
+        if dict(map(tuple, newest)) == args["files"]:
+            # An earlier attempt published these files and lost the reply: no duplicate version.
+            return {"outcome": "existing", "version": state["version"], "files": newest}
+    response = api.dataset_create_version(
+        folder=args["folder"], version_notes=args["notes"], quiet=True, dir_mode="skip"
+    )
+    _check_created(response)
+    return {"outcome": "created", **_published(api, ref)}
+
+
+def op_list(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    return {"files": list_all(api, args["ref"])}
+
+
+def op_download(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    path = Path(args["path"])
+    api.dataset_download_files(args["ref"], path=str(path), unzip=False, force=True, quiet=True)
+    expected = path / (args["ref"].split("/")[1] + ".zip")
+    if not expected.is_file():
+        raise Failure("transient", f"the download left no {expected.name}")
+    return {"zip": str(expected)}
+
+
+OPS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+    "publish": op_publish,
+    "list": op_list,
+    "download": op_download,
+}
+
+
+def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Do one operation and return what goes into the result file (never raises)."""
+    api = None
+    try:
+        if op not in OPS:
+            raise Failure("error", f"unknown operation {op!r}; expected one of {sorted(OPS)}")
+        api = connect()
+        return {"ok": True, "result": OPS[op](api, args)}
+    except BaseException as error:  # noqa: BLE001 - SystemExit from the client is a failure like any other
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        kind, message = classify(error)
+        secrets = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
+        for secret in (s for s in secrets if isinstance(s, str) and len(s) >= 8):
+            message = message.replace(secret, "***")
+        return {"ok": False, "kind": kind, "message": redact_secrets(message)[:2000]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    op, args_path, result_path = (sys.argv[1:] if argv is None else argv)[:3]
+    outcome = run(op, json.loads(Path(args_path).read_text()))
+    tmp = Path(f"{result_path}.tmp")
+    tmp.write_text(json.dumps(outcome))
+    os.replace(tmp, result_path)  # the parent sees a whole result or none
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""One background worker that publishes staged folders to a store: latest wins, retried, never blocking.
+
+At most one publish is in flight; a newer job replaces one still waiting. Failures are retried with backoff
+(`retry.retry_call`) and reported; a refused credential stops publishing with one warning. Nothing here
+raises into the caller's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning_app.persistence.manifest import CheckpointEntry
+from lightning_app.persistence.retry import retry_call
+from lightning_app.persistence.staging import discard
+from lightning_app.persistence.store_protocol import AuthError, CheckpointStore, PublishedVersion, StoreError
+
+log = logging.getLogger("lightning_app.sync")
+
+
+@dataclass(frozen=True)
+class PublishJob:
+    folder: Path
+    notes: str
+    entry: CheckpointEntry  # the newest checkpoint in the folder
+
+
+@dataclass(frozen=True)
+class Published:
+    entry: CheckpointEntry
+    version: PublishedVersion
+
+
+class BackgroundPublisher:
+    """Publishes `PublishJob`s through ``store`` in a daemon thread.
+
+    Args:
+        store: where versions go.
+        attempts: tries per job before it is set aside (it is tried again when nothing newer arrives).
+        base_delay: first backoff delay in seconds; doubles per attempt, with full jitter.
+        max_delay: longest backoff delay.
+        on_published: called in the worker thread after each successful publish.
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        *,
+        attempts: int = 6,
+        base_delay: float = 2.0,
+        max_delay: float = 60.0,
+        on_published: Callable[[Published], None] | None = None,
+    ) -> None:
+        self.store = store
+        self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
+        self._on_published = on_published
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._waiting: PublishJob | None = None
+        self._in_flight: PublishJob | None = None
+        self._newest: CheckpointEntry | None = None
+        self.last_published: Published | None = None
+        self.last_error: str | None = None
+        self.disabled: str | None = None
+        self._thread = threading.Thread(target=self._run, name="kaggle-sync", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: PublishJob) -> None:
+        """Queue ``job``; a job still waiting is replaced (its staged folder discarded)."""
+        with self._cond:
+            if self.disabled or self._stop.is_set():
+                discard(job.folder)
+                return
+            replaced, self._waiting, self._newest = self._waiting, job, job.entry
+            self._cond.notify_all()
+        if replaced is not None:
+            discard(replaced.folder)
+
+    @property
+    def pending(self) -> CheckpointEntry | None:
+        """The newest checkpoint not yet published (waiting or in flight), if any."""
+        with self._cond:
+            job = self._waiting or self._in_flight
+            return job.entry if job else None
+
+    def newest_is_published(self) -> bool:
+        with self._cond:
+            published = self.last_published.entry if self.last_published else None
+            return self._newest is None or published == self._newest
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the newest submitted checkpoint to be published; True if it was."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (self._waiting or self._in_flight) and not self.disabled:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+        return self.newest_is_published()
+
+    def close(self) -> None:
+        """Stop retrying and let the worker end; a call already running in its child process is abandoned."""
+        with self._cond:
+            self._stop.set()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._waiting is None and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set():
+                    return
+                job, self._waiting, self._in_flight = self._waiting, None, self._waiting
+            failed = self._publish(job)
+            with self._cond:
+                self._in_flight = None
+                retry_later = failed and self._waiting is None and not self._stop.is_set()
+                if retry_later:
+                    self._waiting = job  # nothing newer came: try this one again after a pause
+                self._cond.notify_all()
+            if retry_later:
+                self._stop.wait(self._max_delay)
+            else:
+                discard(job.folder)
+
+    def _publish(self, job: PublishJob) -> bool:
+        """Publish one job; True when it failed in a way worth trying again later."""
+        try:
+            version = retry_call(
+                lambda: self.store.publish(job.folder, job.notes),
+                attempts=self._attempts,
+                base_delay=self._base_delay,
+                max_delay=self._max_delay,
+                stop=self._stop,
+                on_retry=lambda attempt, delay, error: log.warning(
+                    f"Publishing {job.entry.file} to {self.store.description} failed ({error}); "
+                    f"retry {attempt} in {delay:.0f} s"
+                ),
+            )
+        except AuthError as error:
+            self.disabled = f"credentials refused by {self.store.description} ({error})"
+            log.warning(f"Checkpoint sync stopped: {self.disabled}. Checkpoints stay local only.")
+            return False
+        except StoreError as error:
+            self.last_error = str(error)
+            if not self._stop.is_set():
+                log.warning(f"Could not publish {job.entry.file} to {self.store.description}: {error}")
+            return not self._stop.is_set()
+        except Exception as error:  # noqa: BLE001 - never let the worker die silently
+            self.last_error = f"{type(error).__name__}: {error}"
+            log.exception(f"Unexpected error publishing {job.entry.file}")
+            return False
+        published = Published(job.entry, version)
+        with self._cond:
+            self.last_published, self.last_error = published, None
+        number = f"version {version.number}" if version.number is not None else "a new version"
+        log.info(
+            f"Published {job.entry.file} as {number} of {self.store.description} "
+            f"({version.bytes_sent / 1e6:.1f} MB in {version.seconds:.1f} s)"
+        )
+        if self._on_published is not None:
+            self._on_published(published)
+        return False

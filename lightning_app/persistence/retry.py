@@ -1,0 +1,98 @@
+"""The one retry policy for store calls: only ``TransientError`` is retried, with capped exponential backoff.
+
+Each store method makes one bounded attempt; this module decides whether to try again. Waits go through
+``stop.wait`` so that a shutting-down trainer is never held up by a backoff sleep.
+
+Example::
+
+    stop = threading.Event()
+    version = retry_call(lambda: store.publish(stage, "epoch 3"), stop=stop,
+                         on_retry=lambda n, delay, err: log.warning("attempt %d failed (%s); retry in %.0f s",
+                                                                    n, err, delay))
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from lightning_app.persistence.store_protocol import TransientError
+
+T = TypeVar("T")
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: attempt ``n`` waits ``uniform(0, min(max, base * 2**n))``.
+
+    Full jitter spreads retries from many clients (or many failed calls) instead of bunching them.
+
+    Args:
+        base_delay: the cap of the first wait, in seconds.
+        max_delay: no wait is longer than this.
+        rng: the random source (seed one in tests).
+    """
+
+    def __init__(self, base_delay: float = 1.0, max_delay: float = 60.0, rng: random.Random | None = None) -> None:
+        if base_delay < 0 or max_delay < 0:
+            raise ValueError(f"delays must be >= 0; got base_delay={base_delay!r}, max_delay={max_delay!r}")
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.rng = rng or random.Random()
+
+    def cap(self, attempt: int) -> float:
+        """The longest wait after failed attempt number ``attempt`` (0-based)."""
+        # min() before the power would overflow for large attempts; 2**64 is plenty and stays a float.
+        return min(self.max_delay, self.base_delay * 2.0 ** min(attempt, 64))
+
+    def delay(self, attempt: int) -> float:
+        """A jittered wait after failed attempt number ``attempt`` (0-based)."""
+        return self.rng.uniform(0.0, self.cap(attempt))
+
+
+def retry_call(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 8,
+    base_delay: float = 1.0,
+    max_delay: float = 60.0,
+    stop: threading.Event | None = None,
+    on_retry: Callable[[int, float, Exception], None] | None = None,
+    rng: random.Random | None = None,
+) -> T:
+    """Call ``fn`` until it returns, retrying only ``TransientError``.
+
+    ``AuthError``, ``NotFoundError`` and any other exception propagate at once: trying again cannot help.
+
+    Args:
+        fn: the call, with no arguments (wrap it in a lambda).
+        attempts: how many calls at most (>= 1).
+        base_delay: cap of the first backoff wait, in seconds.
+        max_delay: cap of every backoff wait, in seconds.
+        stop: when set (before or during a wait), the last error is raised at once.
+        on_retry: called as ``on_retry(failed_attempt, delay, error)`` before each wait (attempts count from 1).
+        rng: random source of the jitter.
+
+    Returns:
+        What ``fn`` returned.
+
+    Raises:
+        TransientError: the last one, when every attempt failed or ``stop`` was set.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be >= 1; got {attempts!r}")
+    backoff = Backoff(base_delay, max_delay, rng)
+    wait = (stop or threading.Event()).wait
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except TransientError as error:
+            if attempt == attempts or (stop is not None and stop.is_set()):
+                raise
+            delay = backoff.delay(attempt - 1)
+            if on_retry is not None:
+                on_retry(attempt, delay, error)
+            if wait(delay):
+                raise
+    raise AssertionError("unreachable")  # the loop always returns or raises

@@ -1,0 +1,37 @@
+"""Stage exactly what one version holds: the newest checkpoints and their manifest, in a fresh folder.
+
+Files are hard-linked (copied where links are impossible), so local retention may delete a checkpoint while
+its upload runs, and nothing else in the checkpoint folder (logs, ``kaggle.json``, stray files) is uploaded.
+Each publish gets a fresh folder: the kaggle client caches resumable uploads by path, name, size and mtime.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest
+
+
+def stage_version(folder: Path, manifest: Manifest, upload_last: int, staging_root: Path) -> tuple[Path, list[str]]:
+    """Link the newest ``upload_last`` checkpoints of ``folder`` and a manifest of just them into a new folder.
+
+    Returns the folder and the checkpoint file names in it, newest first.
+    """
+    entries: list[CheckpointEntry] = [e for e in manifest.newest_first() if (folder / e.file).is_file()]
+    chosen = [e.file for e in entries[:upload_last]]
+    target = staging_root / f"{Path(chosen[0]).stem if chosen else 'empty'}-{uuid.uuid4().hex[:8]}"
+    target.mkdir(parents=True)
+    for name in chosen:
+        try:
+            os.link(folder / name, target / name)
+        except OSError:
+            shutil.copy2(folder / name, target / name)
+    manifest.subset(chosen).save(target)
+    return target, chosen
+
+
+def discard(staged: Path) -> None:
+    shutil.rmtree(staged, ignore_errors=True)

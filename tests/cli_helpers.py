@@ -1,0 +1,74 @@
+"""Run the real CLI as a subprocess, the way a user's notebook cell does, and read what it left behind."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+def cli_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment with no Kaggle credentials from the developer's machine, and the repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "FAKE_KAGGLE"))}
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    if extra and "PYTHONPATH" in extra:  # e.g. the fake Kaggle server's sitecustomize first, then the repo
+        env["PYTHONPATH"] = os.pathsep.join((extra["PYTHONPATH"], str(REPO)))
+    return env
+
+
+def fit_args(*extra: str, config: Path = SMOKE) -> list[str]:
+    return [sys.executable, "-m", "lightning_app", "fit", "--config", str(config), *extra]
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def newest_checkpoint(folder: Path) -> Path:
+    from lightning_app.persistence.manifest import Manifest
+
+    manifest = Manifest.load(folder)
+    assert manifest is not None and manifest.entries, f"no manifest in {folder}"
+    return folder / manifest.newest_first()[0].file
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Weights and optimizer state equal tensor by tensor, bit for bit; same step and epoch."""
+    assert a["global_step"] == b["global_step"]
+    assert a["epoch"] == b["epoch"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), f"weights differ at {key}"
+    for opt_a, opt_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        assert opt_a["state"].keys() == opt_b["state"].keys()
+        for index, state in opt_a["state"].items():
+            for name, value in state.items():
+                other = opt_b["state"][index][name]
+                same = torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
+                assert same, f"optimizer state {index}.{name} differs"
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def train_losses(logs: Path) -> dict[int, str]:
+    """step -> train_loss as logged (the CSV text, so equality is exact), over every metrics.csv under ``logs``."""
+    losses: dict[int, str] = {}
+    for path in sorted(logs.rglob("metrics.csv")):
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                if row.get("train_loss"):
+                    losses[int(row["step"])] = row["train_loss"]
+    return losses

@@ -1,0 +1,33 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_kaggle import UNSET_VARS, FakeKaggle
+
+# -- fake Kaggle server ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_kaggle() -> Iterator[FakeKaggle]:
+    """A started fake Kaggle API server on 127.0.0.1 (see ``tests/fake_kaggle``); stopped afterwards."""
+    with FakeKaggle(hang_limit=20.0) as fake:
+        yield fake
+
+
+@pytest.fixture
+def kaggle_env(fake_kaggle: FakeKaggle, tmp_path, monkeypatch) -> dict[str, str]:
+    """Point the real ``kaggle`` client at ``fake_kaggle``: in this process's ``os.environ`` (so child processes
+    inherit it) and as the returned dict of the variables set (for ``subprocess.run(env={**os.environ, ...})``).
+    """
+    tempfile.gettempdir()  # cache this process's temp dir first: TMPDIR below is for child processes
+    env = fake_kaggle.env(tmp_path)
+    for name in UNSET_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

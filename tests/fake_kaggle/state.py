@@ -1,0 +1,265 @@
+"""What the fake Kaggle server stores, and the RPCs that read and change it (no HTTP in here).
+
+Each RPC takes the authenticated user (None when anonymous) and the camelCase JSON body that kagglesdk sends,
+and returns a ``Reply``. Everything runs under ``FakeState.lock``.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
+
+#: What GetDatasetStatus answers for a version still processing (the client lower-cases it: "blobs_received").
+PENDING_STATUS = "BLOBS_RECEIVED"
+READY_STATUS = "READY"
+
+
+@dataclass
+class Blob:
+    """One StartBlobUpload: the bytes arrive with a PUT to ``createUrl``."""
+
+    token: str
+    name: str
+    content_length: int
+    data: bytes | None = None
+    bytes_received: int = 0  # every PUT counted, retries included
+
+
+@dataclass
+class Version:
+    """One numbered version: exactly the files uploaded with it."""
+
+    number: int
+    files: dict[str, bytes]
+    notes: str
+    created: float
+    bytes_uploaded: int
+    pending_queries: int = 0  # GetDatasetStatus answers "pending" this many more times
+
+    @property
+    def status(self) -> str:
+        return "pending" if self.pending_queries > 0 else "ready"
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {name: len(data) for name, data in self.files.items()}
+
+
+@dataclass
+class Dataset:
+    owner: str
+    slug: str
+    title: str
+    is_private: bool
+    license_name: str
+    versions: list[Version] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.slug}"
+
+    def newest_ready(self) -> Version | None:
+        ready = [v for v in self.versions if v.status == "ready"]
+        return ready[-1] if ready else None
+
+
+class Reply(NamedTuple):
+    """An answer: JSON ``body``, or ``raw`` bytes (a zip) sent with ``headers``."""
+
+    status: int
+    body: dict[str, Any] | None
+    headers: dict[str, str] = {}
+    raw: bytes | None = None
+
+
+def error(status: int, message: str) -> Reply:
+    """The error shape kagglesdk turns into ``requests.HTTPError(message)``."""
+    return Reply(status, {"code": status, "message": message})
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+class FakeState:
+    """Datasets, versions and blobs, with one lock around all of them."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.lock = threading.RLock()
+        self.datasets: dict[str, Dataset] = {}
+        self.blobs: dict[str, Blob] = {}
+        self.processing_delay = 0
+        self.lose_from_next_version: set[str] = set()
+        self.usernames_by_token: dict[str, str] = {}
+
+    def rpc(self, name: str, user: str | None, body: dict[str, Any]) -> Reply:
+        handler = getattr(self, f"_rpc_{name}", None)
+        if handler is None:
+            return error(404, f"unknown method {name}")
+        with self.lock:
+            return handler(user, body)
+
+    # -- blobs ---------------------------------------------------------------------------------------------
+
+    def put_blob(self, token: str, data: bytes, content_range: str | None) -> int:
+        """A PUT to ``createUrl``: the whole file, or (``bytes */N``, empty body) a resume query."""
+        with self.lock:
+            blob = self.blobs.get(token)
+            if blob is None:
+                return 404
+            if content_range and content_range.startswith("bytes */"):
+                return 200 if blob.data is not None else 308
+            blob.bytes_received += len(data)
+            if len(data) != blob.content_length:
+                return 400
+            blob.data = data
+            return 200
+
+    def _rpc_StartBlobUpload(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        token = "blob-" + secrets.token_hex(12)
+        self.blobs[token] = Blob(token, str(body.get("name", "")), int(body.get("contentLength", 0)))
+        return Reply(200, {"token": token, "createUrl": f"{self.base_url}/upload/{token}"})
+
+    def _new_version(self, number: int, files: list[dict[str, Any]], notes: str) -> Version | Reply:
+        contents: dict[str, bytes] = {}
+        uploaded = 0
+        for item in files:
+            blob = self.blobs.get(str(item.get("token")))
+            if blob is None or blob.data is None:
+                return error(400, f"blob {item.get('token')!r} was never uploaded")
+            uploaded += blob.bytes_received
+            if blob.name not in self.lose_from_next_version:
+                contents[blob.name] = blob.data
+        self.lose_from_next_version = set()
+        return Version(number, contents, notes, time.time(), uploaded, self.processing_delay)
+
+    # -- datasets ------------------------------------------------------------------------------------------
+
+    def _find(self, user: str | None, body: dict[str, Any], slug_key: str = "datasetSlug") -> Dataset | Reply:
+        dataset = self.datasets.get(f"{body.get('ownerSlug', '')}/{body.get(slug_key, '')}")
+        if dataset is None or (dataset.is_private and dataset.owner != user):
+            return error(404, "dataset not found")
+        return dataset
+
+    def _version(self, dataset: Dataset, number: int | None) -> Version | Reply:
+        if number is None:
+            version = dataset.newest_ready()
+        else:
+            version = next((v for v in dataset.versions if v.number == number), None)
+        return version if version is not None else error(404, f"{dataset.ref}: no such version {number}")
+
+    def _rpc_CreateDataset(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        owner, slug = str(body.get("ownerSlug") or user), str(body.get("slug", ""))
+        if owner != user:
+            return error(403, f"{user} cannot create datasets for {owner}")
+        ref = f"{owner}/{slug}"
+        if ref in self.datasets:
+            return Reply(200, {"status": "error", "error": f'The requested slug "{slug}" is already in use'})
+        version = self._new_version(1, body.get("files", []), "Initial release")
+        if isinstance(version, Reply):
+            return version
+        dataset = Dataset(owner, slug, str(body.get("title", "")), bool(body.get("isPrivate", False)), "")
+        dataset.license_name = str(body.get("licenseName", ""))
+        dataset.versions.append(version)
+        self.datasets[ref] = dataset
+        return Reply(200, {"ref": ref, "url": f"{self.base_url}/datasets/{ref}", "status": "ok"})
+
+    def _rpc_CreateDatasetVersion(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        dataset = self._find(user, body)
+        if isinstance(dataset, Reply):
+            return dataset
+        if dataset.owner != user:
+            return error(403, "permission denied")
+        if dataset.versions[-1].status != "ready":
+            return error(403, "The previous version of this dataset is still processing; try again later")
+        request = body.get("body") or {}
+        version = self._new_version(len(dataset.versions) + 1, request.get("files", []), request.get("versionNotes", ""))
+        if isinstance(version, Reply):
+            return version
+        dataset.versions.append(version)
+        return Reply(200, {"ref": dataset.ref, "url": f"{self.base_url}/datasets/{dataset.ref}", "status": "ok"})
+
+    def _rpc_GetDatasetStatus(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        dataset = self._find(user, body)
+        if isinstance(dataset, Reply):
+            return dataset
+        newest = dataset.versions[-1]
+        if newest.pending_queries > 0:
+            newest.pending_queries -= 1
+            return Reply(200, {"status": PENDING_STATUS})
+        return Reply(200, {"status": READY_STATUS})
+
+    def _rpc_GetDataset(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        dataset = self._find(user, body)
+        if isinstance(dataset, Reply):
+            return dataset
+        info = {"ref": dataset.ref, "title": dataset.title, "isPrivate": dataset.is_private}
+        info.update(ownerRef=dataset.owner, licenseName=dataset.license_name)
+        return Reply(200, {**info, "currentVersionNumber": dataset.versions[-1].number})
+
+    def _rpc_GetDatasetMetadata(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        dataset = self._find(user, body)
+        if isinstance(dataset, Reply):
+            return dataset
+        info = {"datasetSlug": dataset.slug, "ownerUser": dataset.owner, "title": dataset.title}
+        info.update(isPrivate=dataset.is_private, licenses=[{"name": dataset.license_name}])
+        return Reply(200, {"info": info})
+
+    def _rpc_ListDatasetFiles(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        dataset = self._find(user, body)
+        if isinstance(dataset, Reply):
+            return dataset
+        version = self._version(dataset, body.get("datasetVersionNumber"))
+        if isinstance(version, Reply):
+            return version
+        start = int(body.get("pageToken") or 0)
+        size = int(body.get("pageSize") or 20)
+        names = sorted(version.files)
+        created = _iso(version.created)
+        files = [
+            {"ref": f"{dataset.ref}/{name}", "name": name, "totalBytes": len(version.files[name]), "creationDate": created}
+            for name in names[start : start + size]
+        ]
+        reply: dict[str, Any] = {"datasetFiles": files}
+        if start + size < len(names):
+            reply["nextPageToken"] = str(start + size)
+        return Reply(200, reply)
+
+    def _rpc_DownloadDataset(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        dataset = self._find(user, body)
+        if isinstance(dataset, Reply):
+            return dataset
+        version = self._version(dataset, body.get("datasetVersionNumber"))
+        if isinstance(version, Reply):
+            return version
+        location = f"{self.base_url}/download/{dataset.ref}/{version.number}/{dataset.slug}.zip"
+        return Reply(302, None, {"Location": location})
+
+    def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+        username = self.usernames_by_token.get(str(body.get("token", "")))
+        return Reply(200, {"active": True, "username": username} if username else {"active": False})
+
+    # -- downloads -----------------------------------------------------------------------------------------
+
+    def version_zip(self, owner: str, slug: str, number: int) -> tuple[bytes, float] | None:
+        """The zip a version downloads as, and its modification time; None if there is no such version."""
+        with self.lock:
+            dataset = self.datasets.get(f"{owner}/{slug}")
+            version = next((v for v in dataset.versions if v.number == number), None) if dataset else None
+            if version is None:
+                return None
+            files = dict(version.files)
+            created = version.created
+        buffer = io.BytesIO()
+        stamp = time.gmtime(max(created, 315532800))[:6]  # zip dates start in 1980
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name in sorted(files):
+                archive.writestr(zipfile.ZipInfo(name, stamp), files[name], zipfile.ZIP_DEFLATED)
+        return buffer.getvalue(), created

@@ -1,0 +1,75 @@
+"""Test-only callbacks that SIGKILL the training process at an exact point, as a dying Kaggle session would.
+
+Added to a run with a second config file (see `kill_config`); production code has no hooks for them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
+from lightning_app.persistence import snapshot
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterCheckpoint(Callback):
+    """SIGKILL the process right after the checkpoint of ``global_step`` is complete (file and manifest)."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, KaggleModelCheckpoint):
+                callback.add_listener(self._on_saved)
+
+    def _on_saved(self, saved: SavedCheckpoint) -> None:
+        if saved.entry.global_step >= self.global_step:
+            _die()
+
+
+class KillDuringCheckpointWrite(Callback):
+    """SIGKILL the process half-way through writing the checkpoint of ``global_step``."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step != self.global_step:
+            return
+        original = snapshot._HashingWriter.write
+
+        def write(writer, data):
+            if writer.size > 100_000:  # some bytes are on disk, the rest never will be
+                _die()
+            return original(writer, data)
+
+        snapshot._HashingWriter.write = write
+
+
+class KillAtStep(Callback):
+    """SIGKILL the process when training reaches ``global_step`` (between checkpoints)."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        if trainer.global_step >= self.global_step:
+            _die()
+
+
+def kill_config(folder: Path, kind: str, global_step: int) -> Path:
+    """A config file that adds one of the callbacks above to ``trainer.callbacks``."""
+    path = folder / f"kill_{kind}_{global_step}.yaml"
+    callback = {"class_path": f"tests.support.kill_switch.{kind}", "init_args": {"global_step": global_step}}
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
+    return path

@@ -1,0 +1,109 @@
+"""SIGKILL a real training run at chosen moments, resume it with --resume, and compare it bit for bit with a
+run that was never interrupted: weights, optimizer state, schedule, step, and the training losses it logs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from lightning_app.persistence.manifest import Manifest
+from tests.cli_helpers import (
+    assert_same_training_state,
+    cli_env,
+    fit_args,
+    load,
+    newest_checkpoint,
+    run,
+    train_losses,
+)
+from tests.support.kill_switch import kill_config
+
+pytestmark = pytest.mark.slow
+
+# 32 steps per epoch in smoke.yaml, 3 epochs; a step checkpoint every 10 steps.
+FLAGS = (
+    "--checkpoint.every_n_train_steps",
+    "10",
+    "--checkpoint.keep_last",
+    "10",
+    "--trainer.enable_progress_bar",
+    "false",
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("uninterrupted")
+    result = run(fit_args(*FLAGS), work, cli_env(work / "home"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work
+
+
+def _killed_then_resumed(tmp_path: Path, kind: str, step: int) -> tuple[Path, int, str]:
+    env = cli_env(tmp_path / "home")
+    killed = run(fit_args(*FLAGS, "--config", str(kill_config(tmp_path, kind, step))), tmp_path, env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    before = Manifest.load(tmp_path / "checkpoints")
+    newest_before = max(e.global_step for e in before.entries.values())
+    resumed = run(fit_args(*FLAGS, "--resume"), tmp_path, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return tmp_path, newest_before, resumed.stdout + resumed.stderr
+
+
+def _assert_exact(work: Path, resumed_from: int, output: str, uninterrupted: Path) -> None:
+    match = re.search(r"Resuming from kaggle_epoch_\d+_[\d-]+\.ckpt \(epoch \d+, step (\d+)\)", output)
+    assert match, output[-3000:]
+    assert int(match[1]) == resumed_from
+    # It really resumed (RESUME_FACTS 10): a silent restart from step 0 would also end with equal weights.
+    metrics = sorted((work / "logs").rglob("metrics.csv"))
+    assert len(metrics) == 2, metrics
+    second_session = train_losses(metrics[-1].parent)
+    assert min(second_session) == resumed_from, "the resumed session did not start at the checkpoint's step"
+    expected = train_losses(uninterrupted / "logs")
+    assert second_session == {s: v for s, v in expected.items() if s >= resumed_from}
+    assert_same_training_state(
+        load(newest_checkpoint(work / "checkpoints")), load(newest_checkpoint(uninterrupted / "checkpoints"))
+    )
+
+
+def test_kill_right_after_an_epoch_checkpoint(tmp_path, uninterrupted):
+    work, step, output = _killed_then_resumed(tmp_path, "KillAfterCheckpoint", 32)
+    assert step == 32
+    _assert_exact(work, step, output, uninterrupted)
+
+
+def test_kill_mid_epoch_right_after_a_step_checkpoint(tmp_path, uninterrupted):
+    work, step, output = _killed_then_resumed(tmp_path, "KillAfterCheckpoint", 50)
+    assert step == 50
+    _assert_exact(work, step, output, uninterrupted)
+
+
+def test_kill_during_a_checkpoint_write(tmp_path, uninterrupted):
+    work, step, output = _killed_then_resumed(tmp_path, "KillDuringCheckpointWrite", 70)
+    assert step == 64, "the torn step-70 checkpoint must not be in the manifest"
+    assert not list((work / "checkpoints").glob("kaggle_epoch_*_*.ckpt.tmp"))
+    _assert_exact(work, step, output, uninterrupted)
+
+
+def test_kill_between_checkpoints(tmp_path, uninterrupted):
+    work, step, output = _killed_then_resumed(tmp_path, "KillAtStep", 77)
+    assert step == 70
+    _assert_exact(work, step, output, uninterrupted)
+
+
+def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, uninterrupted):
+    work = tmp_path
+    shutil.copytree(uninterrupted / "checkpoints", work / "checkpoints")
+    manifest = Manifest.load(work / "checkpoints")
+    newest, previous = manifest.newest_first()[:2]
+    path = work / "checkpoints" / newest.file
+    path.write_bytes(path.read_bytes()[: newest.size // 2])
+    resumed = run(fit_args(*FLAGS, "--resume", "--trainer.max_epochs", "3"), work, cli_env(work / "home"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    output = resumed.stdout + resumed.stderr
+    assert f"Skipping {path}" in output
+    assert f"Resuming from {previous.file}" in output
