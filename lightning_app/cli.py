@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import warnings
@@ -20,7 +21,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.kaggle_sync import KaggleDatasetSync
-from lightning_app.errors import ConfigError
+from lightning_app.errors import ConfigError, bad_value
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import restore
 from lightning_app.precision import resolve_precision
@@ -48,6 +49,18 @@ def expand_aliases(argv: list[str]) -> list[str]:
         flag, eq, value = arg.partition("=")
         expanded.append(SEED_ALIASES[flag] + eq + value if flag in SEED_ALIASES else arg)
     return expanded
+
+
+def check_sequence_length(model: LanguageModel, datamodule) -> None:
+    """Refuse, before training, a sequence length the positional encoding cannot represent."""
+    limit = model.model.pe.max_length
+    seq_len = getattr(datamodule, "seq_len", None)
+    if limit is not None and seq_len is not None and seq_len > limit:
+        raise bad_value(
+            "--data.seq_len",
+            seq_len,
+            f"an integer <= {limit} for pe_type {model.hparams.pe_type!r} (raise --model.max_seq_len to allow more)",
+        )
 
 
 class TrainingCLI(LightningCLI):
@@ -84,6 +97,7 @@ class TrainingCLI(LightningCLI):
     def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """`Trainer.fit`, after the restore hook has turned ``--resume`` into a local checkpoint path."""
         config = self.config_init[self.subcommand]
+        check_sequence_length(model, datamodule)
         if ckpt_path is None:
             ckpt_path = self._resolve_resume(config.get("resume"), model, datamodule, config.restore)
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
@@ -138,8 +152,31 @@ def with_default_config(argv: list[str]) -> list[str]:
     return argv
 
 
+_LITERAL_ERROR = re.compile(r'Parser key "([^"]+)":\s*Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)', re.S)
+
+
+def one_line(error: BaseException) -> str | None:
+    """The user-facing line for a mistake in the command line or config; None for a real bug."""
+    cause: BaseException | None = error
+    while cause is not None:  # jsonargparse wraps what a constructor raised
+        if isinstance(cause, ConfigError):
+            return str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if type(error).__name__ != "ArgumentError":
+        return None
+    text = str(error)
+    if match := _LITERAL_ERROR.search(text):
+        key, accepted, value = match.groups()
+        choices = ", ".join(a.strip().strip("'\"") for a in accepted.split(","))
+        return f"--{key}: got {value.strip()!r}; expected one of: {choices}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = with_default_config(expand_aliases(list(sys.argv[1:] if argv is None else argv)))
+    # DDP launchers re-run this command from sys.argv: give them the expanded one.
+    sys.argv = [sys.argv[0], *argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     try:
@@ -148,8 +185,11 @@ def main(argv: list[str] | None = None) -> None:
             pl.LightningDataModule,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            args=argv,
+            parser_kwargs={"exit_on_error": False},
         )
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        message = one_line(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -218,7 +218,8 @@ def test_refuses_what_it_cannot_publish(store, stage):
 
 
 @pytest.mark.parametrize(
-    ("dataset", "title"), [("no-slash-here", None), ("me/short", None), ("me/has space x", None), ("me/fine-slug", "ab")]
+    ("dataset", "title"),
+    [("no-slash-here", None), ("me/short", None), ("me/has space x", None), ("me/fine-slug", "ab")],
 )
 def test_constructor_validates(dataset, title):
     with pytest.raises(ConfigError):

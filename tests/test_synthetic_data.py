@@ -31,7 +31,7 @@ def test_samples_are_shifted_int64_sequences():
     x, y = dm.train_dataset[3]
     assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (32,)
     assert torch.equal(x[1:], y[:-1])
-    assert 0 <= int(x.min()) and int(x.max()) < 16
+    assert int(x.min()) >= 0 and int(x.max()) < 16
     assert len(dm.train_dataset) == 4096 and len(dm.val_dataset) == 256
 
 

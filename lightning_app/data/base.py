@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.accelerators import CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from lightning_app.data.loader import ResumableDataLoader
 from lightning_app.data.sampler import ResumableSampler, derive_seed
@@ -128,6 +129,7 @@ class TokenWindowDataModule(pl.LightningDataModule):
             self._datasets = self._build_datasets()
         return self._datasets
 
+    @override
     def setup(self, stage: str) -> None:
         self._get_datasets()
 
@@ -147,6 +149,7 @@ class TokenWindowDataModule(pl.LightningDataModule):
             "generator": torch.Generator().manual_seed(derive_seed(self.seed, "loader", purpose)),
         }
 
+    @override
     def train_dataloader(self) -> ResumableDataLoader:
         world_size, rank = self._world()
         if self.num_train_batches(world_size) < 1:
@@ -159,11 +162,13 @@ class TokenWindowDataModule(pl.LightningDataModule):
         dataset = self.train_dataset
         sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=True, num_replicas=world_size, rank=rank)
         if self.trainer is not None:
-            # Lightning makes the epoch's iterator before it calls set_epoch, and workers prefetch indices as
-            # soon as the iterator exists, so an epoch-end resume would replay a stale epoch: set it here.
+            # Lightning makes the first epoch's iterator (in setup_data) before it calls set_epoch, and the order
+            # is fixed when the iterator is made (workers prefetch at once), so a resume from an epoch-end
+            # checkpoint would replay epoch 0's order. Lightning restores the finished epochs first: use them.
             sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         return ResumableDataLoader(dataset, sampler=sampler, drop_last=True, **self._loader_kwargs("train"))
 
+    @override
     def val_dataloader(self) -> DataLoader:
         """The held-out windows in a fixed order, sharded across ranks (a rank's last batch may be smaller)."""
         world_size, rank = self._world()
@@ -171,6 +176,7 @@ class TokenWindowDataModule(pl.LightningDataModule):
         sampler = ResumableSampler(len(dataset), seed=self.seed, shuffle=False, num_replicas=world_size, rank=rank)
         return DataLoader(dataset, sampler=sampler, drop_last=False, **self._loader_kwargs("val"))
 
+    @override
     def test_dataloader(self) -> DataLoader:
         """The held-out windows, as :meth:`val_dataloader` (there is no separate test split)."""
         return self.val_dataloader()

@@ -15,6 +15,7 @@ import warnings
 from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
+from typing_extensions import override
 
 from lightning_app.data.sampler import ResumableSampler
 
@@ -40,6 +41,7 @@ class ResumableDataLoader(StatefulDataLoader):
             warnings.filterwarnings("ignore", message=".*set_vital.*deprecated", category=UserWarning)
             super().__init__(*args, **kwargs)
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the place in the epoch saved by :meth:`state_dict`, whatever ``num_workers`` saved it.
 

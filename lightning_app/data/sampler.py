@@ -25,7 +25,9 @@ Rules that keep the position exact inside torchdata and Lightning:
   *then* calls ``set_epoch(current epoch)``; rewinding there would make the next checkpoint record a wrong
   position. A different epoch rewinds to 0.
 - Only the most recently created iterator moves ``position`` (torchdata abandons the iterators it made before
-  the restore).
+  the restore), and it writes the absolute place, so nothing that happens between two batches can skew it.
+- A restored state at the very end of an epoch means "next epoch, position 0": no pass can have anything
+  left to yield in the finished one.
 
 ``position`` counts indices of this rank's shard. Every rank consumes the same number of batches, so the one
 state that Lightning saves (rank 0's) restores every rank.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from lightning_app.data.base import TokenWindowDataModule, TokenWindows, check_int
@@ -91,7 +92,8 @@ class SyntheticDataModule(TokenWindowDataModule):
         self.successors = markov_successors(vocab_size, branching, generator)  # (V, branching)
         total = num_train_sequences + num_val_sequences
         tokens = sample_markov_sequences(self.successors, total, seq_len + 1, generator)  # (N, T+1)
-        self._tokens = tokens.flatten().numpy()  # one sequence after another: windows at stride seq_len + 1
+        dtype = np.uint8 if vocab_size <= 256 else np.int32  # stored small; samples are int64
+        self._tokens = tokens.flatten().numpy().astype(dtype)  # one sequence after another: stride seq_len + 1
 
     @property
     def loss_floor(self) -> float:

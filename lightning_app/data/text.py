@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from lightning_app.data.base import TokenWindowDataModule, TokenWindows
 from lightning_app.errors import ConfigError, bad_value
 
@@ -56,7 +58,8 @@ def find_text_files(path: str) -> list[Path]:
         raise bad_value("--data.path", path, _PATH_ACCEPTED)
     if not files:
         raise bad_value("--data.path", path, _PATH_ACCEPTED + " (found no files there)")
-    return sorted({file.resolve() for file in files}, key=str)
+    ordered = [file.resolve() for file in sorted(files, key=str)]  # sorted as named, not as links resolve
+    return list(dict.fromkeys(ordered))
 
 
 class TextDataModule(TokenWindowDataModule):
@@ -143,6 +146,7 @@ class TextDataModule(TokenWindowDataModule):
             "val_fraction": self.val_fraction,
         }
 
+    @override
     def prepare_data(self) -> None:
         """Build the concatenation cache (Lightning calls this on one process per node, then waits)."""
         self._ensure_tokens_file()

@@ -78,8 +78,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         import urllib3
     except ImportError:  # pragma: no cover - both come with kaggle
         return ()
-    return (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.HTTPError)
+    return (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.ChunkedEncodingError,
+        urllib3.exceptions.HTTPError,
+    )
 
 
 def http_status(error: BaseException) -> int | None:

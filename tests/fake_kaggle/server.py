@@ -15,132 +15,21 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import secrets
-import socket
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tests.fake_kaggle.faults import Fault, FaultPlan, as_methods
-from tests.fake_kaggle.state import Dataset, FakeState, Reply, Version, error
+from tests.fake_kaggle.handler import Handler, RequestRecord, Server
+from tests.fake_kaggle.state import Dataset, FakeState, Version
 
 #: Prepended to PYTHONPATH by ``env()``: its sitecustomize.py points kagglesdk at FAKE_KAGGLE_URL.
 SITE_DIR = Path(__file__).resolve().parent / "site"
 
 #: Variables a developer's shell may hold that would steer the client away from the fake's credentials.
 UNSET_VARS = ("KAGGLE_API_TOKEN", "KAGGLE_API_V1_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL")
-
-
-@dataclass
-class RequestRecord:
-    """One request as the fake saw it. ``status`` is None for a dropped or hung request."""
-
-    method: str
-    path: str
-    rpc: str | None
-    has_auth: bool
-    body_size: int
-    body: bytes
-    status: int | None = None
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
-        pass  # keep pytest output clean; the fake keeps its own request log
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle()
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._handle()
-
-    def do_GET(self) -> None:  # noqa: N802
-        self._handle()
-
-    def _handle(self) -> None:
-        fake = self.server.fake
-        body = self._read_body()
-        path = urlsplit(self.path).path
-        rpc = path.rsplit("/", 1)[-1] if path.startswith("/api/v1/") else None
-        record = fake._log(RequestRecord(self.command, path, rpc, "Authorization" in self.headers, len(body), body))
-        fault = fake.faults.take({self.command} | ({rpc} if rpc else set()))
-        if fault is not None and not fault.after_commit:
-            self._apply(fault, record)
-            return
-        reply = self._route(path, rpc, body)
-        if fault is not None:
-            self._apply(fault, record)
-            return
-        record.status = reply.status
-        self._send(reply)
-
-    def _apply(self, fault: Fault, record: RequestRecord) -> None:
-        if fault.action == "fail":
-            record.status = fault.status
-            self._send(error(fault.status, fault.message or f"injected HTTP {fault.status}"))
-            return
-        if fault.action == "hang":
-            self.server.fake.faults.hold(self.server.fake.hang_limit)
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-    def _route(self, path: str, rpc: str | None, body: bytes) -> Reply:
-        fake = self.server.fake
-        parts = path.strip("/").split("/")
-        if self.command == "POST" and rpc is not None:
-            user = fake._authenticate(self.headers.get("Authorization"))
-            if user is None and rpc != "IntrospectToken":
-                return error(401, "Unauthenticated: missing or invalid credentials")
-            try:
-                data = json.loads(body or b"{}")
-            except ValueError:
-                return error(400, "request body is not JSON")
-            return fake.state.rpc(rpc, user, data)
-        if self.command == "PUT" and len(parts) == 2 and parts[0] == "upload":
-            return Reply(fake.state.put_blob(parts[1], body, self.headers.get("Content-Range")), {})
-        if self.command == "GET" and len(parts) == 5 and parts[0] == "download" and parts[3].isdigit():
-            found = fake.state.version_zip(parts[1], parts[2], int(parts[3]))
-            if found is not None:
-                data, created = found
-                headers = {"Content-Type": "application/zip", "Last-Modified": formatdate(created, usegmt=True)}
-                return Reply(200, None, headers, data)
-        return error(404, f"no route for {self.command} {path}")
-
-    def _send(self, reply: Reply) -> None:
-        payload = reply.raw if reply.raw is not None else b"" if reply.body is None else json.dumps(reply.body).encode()
-        headers = {"Content-Type": "application/json", **reply.headers, "Content-Length": str(len(payload))}
-        self.send_response(reply.status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        for start in range(0, len(payload), 1 << 16):  # streamed in chunks, like a large download
-            self.wfile.write(payload[start : start + (1 << 16)])
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    fake: FakeKaggle
 
 
 class FakeKaggle:
@@ -154,7 +43,7 @@ class FakeKaggle:
     """
 
     def __init__(
-        self, *, username: str = "fake-user", key: str | None = None, token: str | None = None, hang_limit=30.0
+        self, *, username: str = "fake-user", key: str | None = None, token: str | None = None, hang_limit: float = 30.0
     ) -> None:
         self.username = username
         self.key = key or "fake-key-" + secrets.token_hex(16)
@@ -165,13 +54,13 @@ class FakeKaggle:
         self._refusing = False
         self._log_lock = threading.Lock()
         self._requests: list[RequestRecord] = []
-        self._server: _Server | None = None
+        self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> FakeKaggle:
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = Server(("127.0.0.1", 0), Handler)
         server.fake = self
         self._server = server
         self.state.base_url = self.url
@@ -265,11 +154,11 @@ class FakeKaggle:
         """Answer the next ``n`` matching requests with HTTP ``status`` (e.g. 500, 429, 403)."""
         self.faults.add(Fault("fail", n, as_methods(methods), status, message, after_commit))
 
-    def hang_next(self, n: int = 1, methods: str | Iterable[str] | None = None, *, after_commit=False) -> None:
+    def hang_next(self, n: int = 1, methods: str | Iterable[str] | None = None, *, after_commit: bool = False) -> None:
         """Hold the next ``n`` matching requests until ``release()``/``stop()``/``hang_limit``, then drop them."""
         self.faults.add(Fault("hang", n, as_methods(methods), after_commit=after_commit))
 
-    def drop_next(self, n: int = 1, methods: str | Iterable[str] | None = None, *, after_commit=False) -> None:
+    def drop_next(self, n: int = 1, methods: str | Iterable[str] | None = None, *, after_commit: bool = False) -> None:
         """Close the socket of the next ``n`` matching requests with no response.
 
         With ``after_commit=True`` the request takes effect first: a reply lost after the server committed.
@@ -328,12 +217,13 @@ class FakeKaggle:
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _log(self, record: RequestRecord) -> RequestRecord:
+    def record_request(self, record: RequestRecord) -> RequestRecord:
         with self._log_lock:
             self._requests.append(record)
         return record
 
-    def _authenticate(self, header: str | None) -> str | None:
+    def user_for(self, header: str | None) -> str | None:
+        """The user an ``Authorization`` header authenticates; None if missing, wrong or refused."""
         if self._refusing or not header:
             return None
         scheme, _, value = header.partition(" ")

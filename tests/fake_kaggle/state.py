@@ -122,7 +122,7 @@ class FakeState:
             blob.data = data
             return 200
 
-    def _rpc_StartBlobUpload(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_StartBlobUpload(self, user: str | None, body: dict[str, Any]) -> Reply:
         token = "blob-" + secrets.token_hex(12)
         self.blobs[token] = Blob(token, str(body.get("name", "")), int(body.get("contentLength", 0)))
         return Reply(200, {"token": token, "createUrl": f"{self.base_url}/upload/{token}"})
@@ -155,7 +155,7 @@ class FakeState:
             version = next((v for v in dataset.versions if v.number == number), None)
         return version if version is not None else error(404, f"{dataset.ref}: no such version {number}")
 
-    def _rpc_CreateDataset(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_CreateDataset(self, user: str | None, body: dict[str, Any]) -> Reply:
         owner, slug = str(body.get("ownerSlug") or user), str(body.get("slug", ""))
         if owner != user:
             return error(403, f"{user} cannot create datasets for {owner}")
@@ -171,7 +171,7 @@ class FakeState:
         self.datasets[ref] = dataset
         return Reply(200, {"ref": ref, "url": f"{self.base_url}/datasets/{ref}", "status": "ok"})
 
-    def _rpc_CreateDatasetVersion(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_CreateDatasetVersion(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
         if isinstance(dataset, Reply):
             return dataset
@@ -180,13 +180,15 @@ class FakeState:
         if dataset.versions[-1].status != "ready":
             return error(403, "The previous version of this dataset is still processing; try again later")
         request = body.get("body") or {}
-        version = self._new_version(len(dataset.versions) + 1, request.get("files", []), request.get("versionNotes", ""))
+        version = self._new_version(
+            len(dataset.versions) + 1, request.get("files", []), request.get("versionNotes", "")
+        )
         if isinstance(version, Reply):
             return version
         dataset.versions.append(version)
         return Reply(200, {"ref": dataset.ref, "url": f"{self.base_url}/datasets/{dataset.ref}", "status": "ok"})
 
-    def _rpc_GetDatasetStatus(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_GetDatasetStatus(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
         if isinstance(dataset, Reply):
             return dataset
@@ -196,7 +198,7 @@ class FakeState:
             return Reply(200, {"status": PENDING_STATUS})
         return Reply(200, {"status": READY_STATUS})
 
-    def _rpc_GetDataset(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_GetDataset(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
         if isinstance(dataset, Reply):
             return dataset
@@ -204,7 +206,7 @@ class FakeState:
         info.update(ownerRef=dataset.owner, licenseName=dataset.license_name)
         return Reply(200, {**info, "currentVersionNumber": dataset.versions[-1].number})
 
-    def _rpc_GetDatasetMetadata(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_GetDatasetMetadata(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
         if isinstance(dataset, Reply):
             return dataset
@@ -212,7 +214,7 @@ class FakeState:
         info.update(isPrivate=dataset.is_private, licenses=[{"name": dataset.license_name}])
         return Reply(200, {"info": info})
 
-    def _rpc_ListDatasetFiles(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_ListDatasetFiles(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
         if isinstance(dataset, Reply):
             return dataset
@@ -224,7 +226,12 @@ class FakeState:
         names = sorted(version.files)
         created = _iso(version.created)
         files = [
-            {"ref": f"{dataset.ref}/{name}", "name": name, "totalBytes": len(version.files[name]), "creationDate": created}
+            {
+                "ref": f"{dataset.ref}/{name}",
+                "name": name,
+                "totalBytes": len(version.files[name]),
+                "creationDate": created,
+            }
             for name in names[start : start + size]
         ]
         reply: dict[str, Any] = {"datasetFiles": files}
@@ -232,7 +239,7 @@ class FakeState:
             reply["nextPageToken"] = str(start + size)
         return Reply(200, reply)
 
-    def _rpc_DownloadDataset(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_DownloadDataset(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
         if isinstance(dataset, Reply):
             return dataset
@@ -242,7 +249,7 @@ class FakeState:
         location = f"{self.base_url}/download/{dataset.ref}/{version.number}/{dataset.slug}.zip"
         return Reply(302, None, {"Location": location})
 
-    def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> Reply:  # noqa: N802
+    def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> Reply:
         username = self.usernames_by_token.get(str(body.get("token", "")))
         return Reply(200, {"active": True, "username": username} if username else {"active": False})
 
