@@ -5,8 +5,12 @@ Every network operation runs in a child process (``kaggle_calls.py``) that is ki
 imported in this process. A killed or failed child becomes ``TransientError``, ``AuthError``, ``NotFoundError``
 or ``StoreError``; messages never hold the key.
 
-``publish`` is safe to retry: CreateDatasetVersion is not idempotent, so before creating a version it checks
-whether the newest one already holds exactly these files (a reply lost after the server committed).
+One publish is normally one child: it creates the dataset if it is missing; otherwise, once the newest version is
+ready, it adds a version unless that newest version already holds exactly these files (names and sizes). That
+check makes ``publish`` safe to retry although CreateDatasetVersion is not idempotent (a reply lost after the
+server committed, or a child killed mid-call). While the newest version is still processing the child answers
+"busy" and this process polls again with growing pauses, for up to ``ready_timeout``. After publishing, the new
+version's file list is checked (kaggle 1.6 silently drops a file whose upload failed).
 
 Example::
 
