@@ -153,10 +153,11 @@ def test_failed_blob_upload_is_transient(store, stage, fake_kaggle):
     assert not fake_kaggle.datasets
 
 
-def test_dropped_connection_is_transient(store, fake_kaggle):
+def test_dropped_connection_is_transient(store, stage, fake_kaggle):
     fake_kaggle.drop_next(1, methods="GetDatasetStatus")
     with pytest.raises(TransientError, match="ConnectionError"):
-        store.publish(Path(__file__).parent / "fake_kaggle" / "site", "no")
+        store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    assert not fake_kaggle.datasets
 
 
 def test_silently_dropped_file_fails_verification(store, stage, fake_kaggle):

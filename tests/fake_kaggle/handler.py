@@ -59,7 +59,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         path = urlsplit(self.path).path
         rpc = path.rsplit("/", 1)[-1] if path.startswith("/api/v1/") else None
-        record = fake.record_request(RequestRecord(self.command, path, rpc, "Authorization" in self.headers, len(body), body))
+        has_auth = "Authorization" in self.headers
+        record = fake.record_request(RequestRecord(self.command, path, rpc, has_auth, len(body), body))
         fault = fake.faults.take({self.command} | ({rpc} if rpc else set()))
         if fault is not None and not fault.after_commit:
             self._apply(fault, record)
