@@ -48,6 +48,8 @@ class KaggleDatasetSync(Callback):
             published (``00:10:00``, ``90s``...).
         directory: publish versions into this folder instead of Kaggle (e.g. a mounted Google Drive on Colab).
         call_timeout: bound in seconds on each Kaggle call (uploads get more time in proportion to their size).
+        retry_delay: first wait in seconds before retrying a failed publish; it doubles per attempt (with jitter)
+            up to 60 s.
         title: dataset title on first creation (default: derived from the slug).
     """
 
@@ -59,6 +61,7 @@ class KaggleDatasetSync(Callback):
         flush_timeout: str = "00:10:00",
         directory: str | None = None,
         call_timeout: float = 120.0,
+        retry_delay: float = 2.0,
         title: str | None = None,
     ) -> None:
         if dataset is not None and (dataset.count("/") != 1 or not all(dataset.split("/"))):
@@ -67,6 +70,9 @@ class KaggleDatasetSync(Callback):
             raise bad_value("--sync.upload_last", upload_last, "an integer >= 1")
         if not call_timeout > 0:
             raise bad_value("--sync.call_timeout", call_timeout, "a number of seconds > 0")
+        if not retry_delay > 0:
+            raise bad_value("--sync.retry_delay", retry_delay, "a number of seconds > 0")
+        self.retry_delay = retry_delay
         self.dataset, self.enabled, self.upload_last = dataset, enabled, upload_last
         self.flush_timeout = parse_duration("--sync.flush_timeout", flush_timeout).total_seconds()
         self.directory, self.call_timeout, self.title = directory, call_timeout, title
@@ -116,7 +122,7 @@ class KaggleDatasetSync(Callback):
         store = self.store(settings, identity)
         if store is None:
             return
-        self.publisher = BackgroundPublisher(store)
+        self.publisher = BackgroundPublisher(store, base_delay=self.retry_delay, max_delay=max(60.0, self.retry_delay))
         self._checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, KaggleModelCheckpoint)]
         for checkpoint in self._checkpoints:
             checkpoint.add_listener(self._on_checkpoint_saved)

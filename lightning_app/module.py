@@ -85,8 +85,9 @@ class LanguageModel(pl.LightningModule):
             max_seq_len=max_seq_len,
         )
         self.model = TransformerLM(self.config)
-        # Kept out of the module tree so that the state_dict keys stay those of `self.model`.
-        self._forward = torch.compile(self.model) if compile else self.model
+        # Kept out of the module tree (object.__setattr__ skips nn.Module's registration), so the state_dict
+        # holds the weights once, under `model.`, compiled or not.
+        object.__setattr__(self, "_forward", torch.compile(self.model) if compile else self.model)
         self.val_perplexity = Perplexity()
         self.val_accuracy = MulticlassAccuracy(num_classes=self.config.vocab_size, average="micro")
         self._rng_to_restore: dict | None = None

@@ -144,7 +144,7 @@ class BackgroundPublisher:
                 ),
             )
         except AuthError as error:
-            self.disabled = f"credentials refused by {self.store.description} ({error})"
+            self.disabled = f"credentials refused ({error})"
             log.warning(f"Checkpoint sync stopped: {self.disabled}. Checkpoints stay local only.")
             return False
         except StoreError as error:

@@ -1,0 +1,294 @@
+"""Throughput: tokens/s of ``python -m lightning_app fit`` versus a plain PyTorch loop, side by side.
+
+Both arms train the same ``TransformerLM`` on the same synthetic data, batch, precision and optimizer (AdamW,
+fused, the module's two parameter groups and warmup-cosine schedule; SDPA attention in the model itself):
+
+- **plain loop**: a ``DataLoader`` over the same dataset, ``torch.autocast`` on GPU, nothing else.
+- **fit**: the project's CLI (``TrainingCLI``, run in this process from a YAML config) with all its callbacks:
+  ``KaggleModelCheckpoint`` saving a step checkpoint every ``--every-n-steps`` steps, ``KaggleDatasetSync``
+  publishing each to a ``DirectoryStore``, the CSV logger and the progress bar (drawn into ``/dev/null``).
+
+Each arm reads the clock (after ``torch.cuda.synchronize`` on GPU) at the end of step ``warmup`` and of step
+``warmup + steps``: start-up, compilation and the first steps are left out. The arms alternate ``--repeats``
+times; the table gives medians, and the ratio is the median of the ratios of each alternated pair.
+
+Usage::
+
+    python -m benchmarks.throughput                 # tiny and small on CPU; small and base on a GPU
+    python -m benchmarks.throughput --compile       # also both arms under torch.compile (--model.compile true)
+    python -m benchmarks.throughput --quick         # seconds: checks that it runs
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.callbacks import Callback
+from torch.utils.data import DataLoader
+from typing_extensions import override
+
+from benchmarks.common import (
+    autocast_dtype,
+    command_line,
+    make_parser,
+    markdown_table,
+    median,
+    parse,
+    precision_for,
+    print_report,
+    quiet,
+    run_fit,
+    spread,
+    synchronize,
+    write_config,
+)
+from lightning_app.data import SyntheticDataModule
+from lightning_app.model import TransformerConfig, TransformerLM
+from lightning_app.module import LanguageModel
+from lightning_app.schedule import WarmupCosine
+
+VOCAB_SIZE = 256
+PE_TYPE = "sinusoidal"
+DROPOUT = 0.1
+SEED = 1234
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One model size and the batch it trains with.
+
+    Args:
+        size: ``--model.model_size``.
+        batch_size: sequences per step.
+        seq_len: tokens per sequence.
+        warmup: steps left out of the timing.
+        steps: timed steps.
+        every_n_steps: the fit arm's step-checkpoint (and publish) interval.
+        compile: run the model through ``torch.compile`` in both arms.
+    """
+
+    size: str
+    batch_size: int
+    seq_len: int
+    warmup: int
+    steps: int
+    every_n_steps: int
+    compile: bool = False
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def saves_timed(self) -> int:
+        """Step checkpoints the fit arm writes inside the timed steps."""
+        first, last = self.warmup, self.warmup + self.steps  # saves run after the timer's hook at the same step
+        return sum(1 for step in range(first, last) if step > 0 and step % self.every_n_steps == 0)
+
+
+SETTINGS: dict[tuple[str, bool], list[Setting]] = {
+    ("cpu", False): [Setting("tiny", 32, 128, 10, 150, 75), Setting("small", 8, 128, 3, 24, 12)],
+    ("cuda", False): [Setting("small", 32, 512, 20, 200, 100), Setting("base", 16, 1024, 20, 100, 50)],
+    ("cpu", True): [Setting("tiny", 8, 32, 2, 6, 3)],
+    ("cuda", True): [Setting("tiny", 8, 32, 2, 6, 3)],
+}
+
+
+class StepTimer(Callback):
+    """Reads the clock at the end of step ``warmup`` and of step ``warmup + steps`` (after a GPU sync)."""
+
+    def __init__(self, warmup: int, steps: int, device: str) -> None:
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self._start: float | None = None
+        self.seconds: float | None = None
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == self.warmup:
+            synchronize(self.device)
+            self._start = time.perf_counter()
+        elif step == self.warmup + self.steps and self._start is not None:
+            synchronize(self.device)
+            self.seconds = time.perf_counter() - self._start
+
+
+def _data(setting: Setting) -> dict:
+    return {
+        "vocab_size": VOCAB_SIZE,
+        "seq_len": setting.seq_len,
+        "batch_size": setting.batch_size,
+        "num_train_sequences": setting.batch_size * (setting.warmup + setting.steps + 1),  # no epoch end in view
+        "num_val_sequences": setting.batch_size,
+    }
+
+
+def plain_loop(setting: Setting, device: str, precision: str) -> float:
+    """Seconds for the timed steps of a plain PyTorch training loop."""
+    torch.manual_seed(SEED)
+    dataset = SyntheticDataModule(**_data(setting)).train_dataset
+    config = TransformerConfig.from_preset(setting.size, pe_type=PE_TYPE, vocab_size=VOCAB_SIZE, dropout=DROPOUT)
+    model = TransformerLM(config).to(device).train()
+    forward = torch.compile(model) if setting.compile else model
+    hp = {name: p.default for name, p in inspect.signature(LanguageModel).parameters.items()}  # fit's defaults
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=hp["lr"], betas=(0.9, hp["beta2"]), fused=True)
+    total = setting.warmup + setting.steps
+    schedule = WarmupCosine(hp["warmup_steps"], total, hp["min_lr_ratio"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    generator = torch.Generator().manual_seed(SEED)
+    loader = DataLoader(
+        dataset, batch_size=setting.batch_size, shuffle=True, drop_last=True, pin_memory=device == "cuda",
+        generator=generator,
+    )  # fmt: skip
+    dtype = autocast_dtype(precision)
+    scaler = torch.amp.GradScaler(device, enabled=precision == "16-mixed")
+    start = None
+    for step, (inputs, targets) in enumerate(loader, start=1):
+        inputs = inputs.to(device, non_blocking=True)  # (B, T)
+        targets = targets.to(device, non_blocking=True)  # (B, T)
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits = forward(inputs)  # (B, T, V)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if step == setting.warmup:
+            synchronize(device)
+            start = time.perf_counter()
+        elif step == total:
+            synchronize(device)
+            return time.perf_counter() - start
+    raise RuntimeError("the loader ran out before the timed steps were done")
+
+
+def fit_config(setting: Setting, device: str, precision: str, workdir: Path) -> dict:
+    """The ``fit`` config of the Lightning arm: the project's callbacks on, publishing to a folder."""
+    return {
+        "seed_everything": SEED,
+        "trainer": {
+            "accelerator": "gpu" if device == "cuda" else "cpu",
+            "devices": 1,
+            "precision": precision,
+            "max_steps": setting.warmup + setting.steps,
+            "log_every_n_steps": 10,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": str(workdir),
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": str(workdir / "logs"), "name": "lm"},
+            },
+        },
+        "model": {"pe_type": PE_TYPE, "model_size": setting.size, "dropout": DROPOUT, "compile": setting.compile},
+        "data": {"class_path": "lightning_app.data.SyntheticDataModule", "init_args": _data(setting)},
+        "checkpoint": {
+            "dirpath": str(workdir / "checkpoints"),
+            "keep_last": 3,
+            "every_n_train_steps": setting.every_n_steps,
+        },
+        "sync": {"directory": str(workdir / "published")},
+    }
+
+
+def fit_arm(setting: Setting, device: str, precision: str, workdir: Path) -> float:
+    """Seconds for the timed steps of ``fit`` with the project's callbacks."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    timer = StepTimer(setting.warmup, setting.steps, device)
+    config = write_config(workdir / "fit.yaml", fit_config(setting, device, precision, workdir))
+    try:
+        with quiet():
+            run_fit(config, callbacks=[timer])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if timer.seconds is None:
+        raise RuntimeError("fit ended before the timed steps were done")
+    return timer.seconds
+
+
+def measure(setting: Setting, device: str, repeats: int, workdir: Path) -> list[object]:
+    """One table row: both arms, alternated ``repeats`` times (the first arm alternates too)."""
+    precision = precision_for(device)
+    plain, fit = [], []
+    for repeat in range(repeats):
+        arms = [("plain", plain), ("fit", fit)]
+        for name, times in arms if repeat % 2 == 0 else arms[::-1]:
+            if name == "plain":
+                times.append(plain_loop(setting, device, precision))
+            else:
+                times.append(fit_arm(setting, device, precision, workdir / f"{setting.size}-{repeat}"))
+    rate = setting.steps * setting.tokens_per_step
+    ratios = [p / f for p, f in zip(plain, fit)]  # = fit tok/s / plain tok/s, pair by pair
+    name = setting.size + (" (torch.compile)" if setting.compile else "")
+    return [
+        name,
+        precision,
+        f"{setting.batch_size}x{setting.seq_len}",
+        f"{setting.steps} (+{setting.warmup})",
+        f"{setting.saves_timed} (every {setting.every_n_steps})",
+        f"{rate / median(plain):,.0f}",
+        f"{rate / median(fit):,.0f}",
+        f"{median(ratios):.3f}",
+        spread(ratios, 3),
+    ]
+
+
+HEADERS = (
+    "model",
+    "precision",
+    "batch x seq",
+    "timed steps (+warm-up)",
+    "checkpoints + publishes timed",
+    "plain loop tok/s",
+    "fit tok/s",
+    "fit / plain",
+    "range",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = make_parser(__doc__.split("\n", 1)[0])
+    parser.add_argument("--repeats", type=int, help="alternated runs of each arm (default 3; 1 with --quick)")
+    parser.add_argument("--sizes", nargs="+", help="model sizes to run (default: tiny small on CPU, small base on GPU)")
+    parser.add_argument("--compile", action="store_true", help="also run both arms under torch.compile")
+    parser.add_argument("--no-eager", action="store_true", help="with --compile: only the compiled rows")
+    parser.add_argument("--every-n-steps", type=int, help="the fit arm's step-checkpoint interval")
+    args = parse(parser, argv)
+    repeats = args.repeats or (1 if args.quick else 3)
+    settings = SETTINGS[(args.device, args.quick)]
+    if args.sizes:
+        known = {s.size: s for s in SETTINGS[(args.device, False)] + SETTINGS[(args.device, True)]}
+        settings = [known.get(size) or replace(settings[0], size=size) for size in args.sizes]
+    if args.every_n_steps:
+        settings = [replace(s, every_n_steps=args.every_n_steps) for s in settings]
+    if args.compile:
+        compiled = [replace(s, compile=True) for s in settings]
+        settings = compiled if args.no_eager else [x for pair in zip(settings, compiled) for x in pair]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
+        for setting in settings:
+            rows.append(measure(setting, args.device, repeats, Path(tmp)))
+    notes = [
+        f"Medians of {repeats} alternated runs per arm. fit = `python -m lightning_app fit` (in-process) with "
+        "KaggleModelCheckpoint step checkpoints and KaggleDatasetSync publishing each to a DirectoryStore, the "
+        "CSV logger (every 10 steps) and the progress bar; plain loop = the same model, data, batch, precision "
+        "and fused AdamW, nothing else. Goal: fit / plain >= 0.98."
+    ]
+    command = command_line("benchmarks.throughput", argv)
+    print_report("Throughput", args.device, command, markdown_table(HEADERS, rows), notes)
+
+
+if __name__ == "__main__":
+    main()

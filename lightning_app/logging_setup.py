@@ -1,0 +1,228 @@
+"""What ``fit`` logs by default: one CSV file per experiment that continues across resumes, TensorBoard when it is
+installed, the learning rate, and the training wall time.
+
+Layout (``save_dir`` is ``logs``)::
+
+    logs/lm/<experiment>/metrics.csv           one file per experiment, appended to by every resumed session
+    logs/lm/<experiment>/hparams.yaml          the model's hyperparameters (pe_type, model_size...)
+    logs/lm/<experiment>/config.yaml           the CLI's resolved config
+    logs/tensorboard/<experiment>/events.*     only when ``tensorboard`` is importable
+
+``<experiment>`` is `lightning_app.experiment.experiment_name` (``rope-small-1a2b3c4d``): the same name the sync
+dataset is derived from, so a resumed run finds its own log folder. Across Kaggle sessions the working directory
+is gone; ``python -m lightning_app plot`` stitches the metrics files of several sessions into one curve.
+
+Nothing here draws random numbers or syncs with the device per step: the exact-resume guarantees hold.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from lightning_fabric.loggers.logger import rank_zero_experiment
+from pytorch_lightning.callbacks import Callback, Checkpoint, LearningRateMonitor
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from typing_extensions import override
+
+from lightning_app.experiment import experiment_name
+
+#: Logged once per validation: seconds of training so far, summed over every session of the run.
+WALL_TIME_KEY = "wall_time"
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued instead of deleted."""
+
+    @override
+    def _check_log_dir_exists(self) -> None:
+        # Lightning warns and deletes metrics.csv here. Keep it, and start from its header, so that rows appended
+        # by this session line up with the columns already in the file.
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as file:
+            self.metrics_keys = list(next(csv.reader(file), []))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """A `CSVLogger` whose ``metrics.csv`` continues across resumed sessions in the same working directory.
+
+    Left without a ``version``, the CLI names the folder after the experiment (`name_loggers`), so every session
+    of one run appends to one file; rows for steps a resumed session repeats are appended again (readers such as
+    ``plot`` let the later row win).
+
+    Args:
+        save_dir: root folder of the logs.
+        name: sub-folder for this logger.
+        version: the run's folder name; None: the experiment name (or ``version_<N>`` outside the CLI).
+        prefix: prepended to every metric key.
+        flush_logs_every_n_steps: write buffered rows at least this often (Lightning also writes at each log step).
+    """
+
+    def __init__(
+        self,
+        save_dir: str = "logs",
+        name: str = "lm",
+        version: int | str | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
+
+    def name_after(self, experiment: str) -> None:
+        """Use ``experiment`` as the version folder, unless a version was given or the folder is already open."""
+        if self._version is None and self._experiment is None:
+            self._version = experiment
+
+    @property
+    @override
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class ResumableTensorBoardLogger(TensorBoardLogger):
+    """A `TensorBoardLogger` named after the experiment, so resumed sessions add event files to one run folder.
+
+    Args:
+        save_dir: root folder of the logs.
+        name: sub-folder for this logger.
+        version: the run's folder name; None: the experiment name (or ``version_<N>`` outside the CLI).
+        default_hp_metric: log Lightning's placeholder ``hp_metric`` (off: it is always -1 here).
+    """
+
+    def __init__(
+        self,
+        save_dir: str = "logs",
+        name: str = "tensorboard",
+        version: int | str | None = None,
+        default_hp_metric: bool = False,
+    ) -> None:
+        super().__init__(save_dir, name, version, default_hp_metric=default_hp_metric)
+
+    def name_after(self, experiment: str) -> None:
+        """Use ``experiment`` as the version folder, unless a version was given or the writer is already open."""
+        if self._version is None and self._experiment is None:
+            self._version = experiment
+
+
+def tensorboard_available() -> bool:
+    """True when Lightning's `TensorBoardLogger` can write (``tensorboard`` or ``tensorboardX`` importable)."""
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
+
+
+def default_loggers(save_dir: str = "logs") -> list[dict[str, Any]]:
+    """The ``trainer.logger`` default for the CLI: CSV always, TensorBoard too when it is installed."""
+    loggers = [{"class_path": f"{__name__}.ResumableCSVLogger", "init_args": {"save_dir": save_dir, "name": "lm"}}]
+    if tensorboard_available():
+        init = {"save_dir": save_dir, "name": "tensorboard"}
+        loggers.append({"class_path": f"{__name__}.ResumableTensorBoardLogger", "init_args": init})
+    return loggers
+
+
+def name_loggers(trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any = None) -> str | None:
+    """Name the trainer's resumable loggers after the experiment of ``model`` and ``datamodule``.
+
+    Must run before the loggers open their folders (``Trainer.fit`` opens them before any ``setup`` hook): the
+    CLI calls it right after instantiating the classes. Every DDP rank computes the same name.
+
+    Returns:
+        The experiment name, or None when ``model`` has no ``settings()``.
+    """
+    settings = getattr(model, "settings", None)
+    if not callable(settings):
+        return None
+    identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
+    name = experiment_name(settings(), identity)
+    for logger in trainer.loggers:
+        if isinstance(logger, (ResumableCSVLogger, ResumableTensorBoardLogger)):
+            logger.name_after(name)
+    return name
+
+
+class TrainingClock(Callback):
+    """Logs ``wall_time``, the seconds of training so far, at the end of every validation during ``fit``.
+
+    The time is kept in the checkpoint, so it adds up across sessions: a resumed run continues the clock from its
+    checkpoint (time spent after that checkpoint by a session that died is not counted, as its work is redone).
+    """
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._started: float | None = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return "TrainingClock"
+
+    def elapsed(self) -> float:
+        """Seconds of training in this run, over all sessions."""
+        running = time.monotonic() - self._started if self._started is not None else 0.0
+        return self._offset + running
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started = time.monotonic()
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._offset, self._started = self.elapsed(), None
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        # A Python float: no device sync. sync_dist averages the ranks' clocks (and silences Lightning's warning).
+        pl_module.log(WALL_TIME_KEY, round(self.elapsed(), 3), sync_dist=True)
+
+    @override
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed": self.elapsed()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._offset = float(state_dict.get("elapsed", 0.0))
+        self._started = None
+
+
+class OptionalLearningRateMonitor(LearningRateMonitor):
+    """`LearningRateMonitor` that stays silent, instead of failing, when the trainer has no logger."""
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+def add_logging_callbacks(trainer: pl.Trainer) -> None:
+    """Add the learning-rate monitor (per step) and the `TrainingClock`, unless the trainer has them already.
+
+    Inserted before the checkpoint callbacks, where Lightning keeps every other callback.
+    """
+    wanted: list[Callback] = []
+    if not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks):
+        wanted.append(OptionalLearningRateMonitor(logging_interval="step"))
+    if not any(isinstance(cb, TrainingClock) for cb in trainer.callbacks):
+        wanted.append(TrainingClock())
+    first_checkpoint = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), None)
+    at = len(trainer.callbacks) if first_checkpoint is None else first_checkpoint
+    trainer.callbacks[at:at] = wanted

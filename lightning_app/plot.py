@@ -1,0 +1,261 @@
+"""``python -m lightning_app plot RUN_DIR [RUN_DIR ...] -o curves.png``: compare runs in one figure.
+
+Validation loss and perplexity against step, and against training wall time when it was logged, one curve per
+experiment, labelled by ``pe_type`` and ``model_size``.
+
+Each RUN_DIR (or ``metrics.csv`` file) is searched for the metrics files that `ResumableCSVLogger` writes
+(``logs/lm/<experiment>/metrics.csv``). Files of one experiment -- the log folders of several Kaggle sessions of
+one run -- are stitched into one continuous curve: rows are read file after file (ordered by their first logged
+step), and when two rows give a metric for the same step the later one wins, because a resumed session logs
+again the steps after its checkpoint. Settings come from ``hparams.yaml`` (or the CLI's ``config.yaml``) beside
+each ``metrics.csv``.
+
+Example::
+
+    python -m lightning_app plot logs /kaggle/input/my-notebook-output/logs -o curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import re
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METRICS_NAME = "metrics.csv"
+#: `lightning_app.logging_setup.WALL_TIME_KEY` (not imported: plotting should not have to load Lightning).
+WALL_TIME_KEY = "wall_time"
+#: Settings that tell two experiments apart (the model's architecture); training knobs may change on resume.
+EXPERIMENT_KEYS = ("pe_type", "model_size", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
+#: A log folder named by the CLI after the experiment: ``rope-small-1a2b3c4d``.
+_EXPERIMENT_DIR = re.compile(r"^[a-z]+-[a-z]+-[0-9a-f]{8}$")
+PE_COLORS = {"sinusoidal": "tab:blue", "learned": "tab:orange", "rope": "tab:green", "alibi": "tab:red", "none": "0.45"}
+SIZE_STYLES = {"tiny": "-", "small": "--", "base": "-.", "large": ":"}
+MATPLOTLIB_MISSING = 'plotting needs matplotlib: pip install -e ".[plot]"'
+
+
+class PlotError(Exception):
+    """A problem with the command's input, reported as one line."""
+
+
+@dataclass
+class Curve:
+    """One experiment: its settings and, per metric, ``{step: value}`` stitched over all its metrics files."""
+
+    key: str
+    settings: dict[str, object]
+    sources: list[Path] = field(default_factory=list)
+    points: dict[str, dict[int, float]] = field(default_factory=dict)
+    label: str = ""
+
+    def series(self, metric: str) -> tuple[list[int], list[float]]:
+        """Steps and values of ``metric``, ordered by step."""
+        values = self.points.get(metric, {})
+        steps = sorted(values)
+        return steps, [values[s] for s in steps]
+
+    def perplexity(self) -> tuple[list[int], list[float]]:
+        """``val_ppl`` as logged, else ``exp(val_loss)``."""
+        if self.points.get("val_ppl"):
+            return self.series("val_ppl")
+        steps, losses = self.series("val_loss")
+        return steps, [math.exp(min(v, 50.0)) for v in losses]
+
+
+def find_metrics(paths: Sequence[str | Path]) -> list[Path]:
+    """Every ``metrics.csv`` given or found under the given folders; `PlotError` for a path that has none."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            files = [path]
+        elif path.is_dir():
+            files = sorted(path.rglob(METRICS_NAME))
+        else:
+            raise PlotError(f"{raw}: no such file or folder")
+        if not files:
+            raise PlotError(f"{raw}: no {METRICS_NAME} in it (logs are in logs/lm/<experiment>/ by default)")
+        found += [f for f in files if f.resolve() not in {g.resolve() for g in found}]
+    return found
+
+
+def read_settings(metrics: Path) -> dict[str, object]:
+    """The model settings of the run that wrote ``metrics``: ``hparams.yaml``, else ``config.yaml``'s ``model``."""
+    for name, section in (("hparams.yaml", None), ("config.yaml", "model")):
+        path = metrics.parent / name
+        if not path.is_file():
+            continue
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        if section is not None:
+            data = data.get(section) or {}
+            data = data.get("init_args", data) if isinstance(data, dict) else {}
+        if isinstance(data, dict) and "pe_type" in data:
+            return data
+    return {}
+
+
+def experiment_key(metrics: Path, settings: dict[str, object]) -> str:
+    """What ties the metrics files of one experiment together across sessions and machines."""
+    if _EXPERIMENT_DIR.match(metrics.parent.name):
+        return metrics.parent.name
+    if settings:
+        return "|".join(f"{k}={settings.get(k)}" for k in EXPERIMENT_KEYS)
+    return str(metrics.resolve())
+
+
+def read_rows(metrics: Path) -> list[dict[str, str]]:
+    """The rows of one ``metrics.csv``, in file order (empty cells dropped)."""
+    with open(metrics, newline="") as file:
+        return [{k: v for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(file)]
+
+
+def stitch(files: Sequence[Path]) -> dict[str, dict[int, float]]:
+    """Merge metrics files of one experiment: file order by first step, later rows win for a repeated step."""
+    tables = [read_rows(f) for f in files]
+    order = sorted(range(len(files)), key=lambda i: (_first_step(tables[i]), files[i].stat().st_mtime))
+    points: dict[str, dict[int, float]] = {}
+    for index in order:
+        for row in tables[index]:
+            if "step" not in row:
+                continue
+            step = int(float(row["step"]))
+            for metric, text in row.items():
+                if metric in ("step", "epoch"):
+                    continue
+                try:
+                    points.setdefault(metric, {})[step] = float(text)
+                except ValueError:
+                    continue
+    return points
+
+
+def _first_step(rows: list[dict[str, str]]) -> float:
+    steps = [float(r["step"]) for r in rows if "step" in r]
+    return min(steps) if steps else math.inf
+
+
+def load_curves(paths: Sequence[str | Path]) -> list[Curve]:
+    """One `Curve` per experiment found under ``paths``, labelled ``pe_type (model_size)``."""
+    curves: dict[str, Curve] = {}
+    for metrics in find_metrics(paths):
+        settings = read_settings(metrics)
+        key = experiment_key(metrics, settings)
+        curves.setdefault(key, Curve(key, settings)).sources.append(metrics)
+    for curve in curves.values():
+        curve.points = stitch(curve.sources)
+    _label(list(curves.values()))
+    return sorted((c for c in curves.values() if c.points.get("val_loss")), key=_order)
+
+
+def _label(curves: list[Curve]) -> None:
+    for curve in curves:
+        pe, size = curve.settings.get("pe_type"), curve.settings.get("model_size")
+        curve.label = f"{pe} ({size})" if pe else curve.sources[0].parent.name
+    counts = Counter(c.label for c in curves)
+    for curve in curves:
+        if counts[curve.label] > 1:  # same pe_type and size: other dimensions or other data
+            tag = curve.key.rsplit("-", 1)[-1] if _EXPERIMENT_DIR.match(curve.key) else curve.sources[0].parent.name
+            curve.label += f" [{tag}]"
+
+
+def _order(curve: Curve) -> tuple[int, int, str]:
+    """Positional encodings in the README's order, then model sizes from small to large."""
+    pe, size = curve.settings.get("pe_type"), curve.settings.get("model_size")
+    pes, sizes = list(PE_COLORS), list(SIZE_STYLES)
+    return (pes.index(pe) if pe in pes else len(pes), sizes.index(size) if size in sizes else len(sizes), curve.label)
+
+
+def _time_unit(seconds: float) -> tuple[float, str]:
+    if seconds < 300:
+        return 1.0, "s"
+    return (60.0, "min") if seconds < 3 * 3600 else (3600.0, "h")
+
+
+def draw(curves: list[Curve], output: Path, title: str | None = None) -> Path:
+    """Write the figure to ``output`` (format from its suffix); a row of plots against time if time was logged."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(MATPLOTLIB_MISSING) from None
+    timed = [c for c in curves if c.points.get(WALL_TIME_KEY)]
+    rows = 2 if timed else 1
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.2 * rows), squeeze=False)
+    top_time = max((max(c.points[WALL_TIME_KEY].values()) for c in timed), default=0.0)
+    scale, unit = _time_unit(top_time)
+    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for curve in curves:
+        style = {
+            "color": PE_COLORS.get(str(curve.settings.get("pe_type"))) or next(palette, "black"),
+            "linestyle": SIZE_STYLES.get(str(curve.settings.get("model_size")), "-"),
+            "marker": "o",
+            "markersize": 3,
+            "linewidth": 1.6,
+            "label": curve.label,
+        }
+        for column, (steps, values) in enumerate((curve.series("val_loss"), curve.perplexity())):
+            axes[0][column].plot(steps, values, **style)
+            if rows == 2:
+                clock = curve.points.get(WALL_TIME_KEY, {})
+                pairs = [(clock[s] / scale, v) for s, v in zip(steps, values) if s in clock]
+                if pairs:
+                    axes[1][column].plot(*zip(*pairs), **style)
+    for row in range(rows):
+        axis_x = "step" if row == 0 else f"training time ({unit})"
+        for column, name in enumerate(("validation loss", "validation perplexity")):
+            axis = axes[row][column]
+            axis.set_xlabel(axis_x)
+            axis.set_ylabel(name)
+            axis.grid(True, alpha=0.3)
+            if column == 1:
+                axis.set_yscale("log")
+    axes[0][0].legend(title="pe_type (model_size)", fontsize=9)
+    fig.suptitle(title or "Validation curves by positional encoding")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lightning_app plot",
+        description="Validation loss and perplexity of several runs in one figure, against step and wall time. "
+        "Log folders of several sessions of one run are stitched into one curve.",
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a log folder (searched for metrics.csv) or file")
+    parser.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png)")
+    parser.add_argument("--title", default=None, help="the figure's title")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0, or 2 after printing a one-line error)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        curves = load_curves(args.runs)
+        if not curves:
+            raise PlotError("no validation loss logged in " + ", ".join(args.runs))
+        output = draw(curves, Path(args.output), args.title)
+    except PlotError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {output} ({len(curves)} curve{'s' * (len(curves) != 1)}: {', '.join(c.label for c in curves)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+"""Default logging: one metrics.csv per experiment continued across resumes, the LR and the training clock."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_app import logging_setup, plot
+from lightning_app.experiment import experiment_name
+from lightning_app.logging_setup import (
+    OptionalLearningRateMonitor,
+    ResumableCSVLogger,
+    ResumableTensorBoardLogger,
+    TrainingClock,
+    add_logging_callbacks,
+    default_loggers,
+    name_loggers,
+)
+
+SETTINGS = {"pe_type": "rope", "model_size": "tiny"}
+
+
+class TinyRegression(pl.LightningModule):
+    """A linear model on fixed data: a real Trainer run in well under a second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def settings(self) -> dict[str, object]:
+        return dict(SETTINGS)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.layer(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(x), y))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1)}
+
+    def _loader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(32, 4, generator=generator)
+        return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+
+    train_dataloader = val_dataloader = _loader
+
+
+def _trainer(tmp_path: Path, epochs: int, **kwargs) -> pl.Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        logger=ResumableCSVLogger(save_dir=str(tmp_path / "logs")),
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        accelerator="cpu",
+    )
+    trainer = pl.Trainer(**{**defaults, **kwargs})
+    add_logging_callbacks(trainer)
+    return trainer
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_resumed_fit_appends_to_the_same_metrics_file(tmp_path):
+    model = TinyRegression()
+    first = _trainer(tmp_path, epochs=2)
+    name = name_loggers(first, model)
+    assert name == experiment_name(SETTINGS, {})
+    first.fit(model)
+    files = list((tmp_path / "logs").rglob("metrics.csv"))
+    assert [f.parent.name for f in files] == [name]
+    before = _rows(files[0])
+
+    second = _trainer(tmp_path, epochs=3)
+    name_loggers(second, TinyRegression())
+    second.fit(TinyRegression(), ckpt_path=str(sorted((tmp_path / "ckpt").glob("*.ckpt"))[-1]))
+
+    assert list((tmp_path / "logs").rglob("metrics.csv")) == files, "one file per experiment, across sessions"
+    after = _rows(files[0])
+    assert after[: len(before)] == before, "the first session's rows are kept, in order"
+    appended = after[len(before) :]
+    assert min(int(r["step"]) for r in appended if r["train_loss"]) == 8  # 4 steps per epoch, resumed after 2
+    clock = [float(r[logging_setup.WALL_TIME_KEY]) for r in after if r[logging_setup.WALL_TIME_KEY]]
+    assert len(clock) == 3 and clock == sorted(clock), "wall time once per validation, continuing across sessions"
+    lr_columns = [k for k in after[0] if k.startswith("lr-")]
+    assert lr_columns and all(any(r[k] for r in appended) for k in lr_columns), "the learning rate is logged"
+
+
+def test_training_clock_is_restored_from_its_state():
+    clock = TrainingClock()
+    clock.load_state_dict({"elapsed": 120.5})
+    assert clock.elapsed() == 120.5
+    assert clock.state_dict() == {"elapsed": 120.5}
+    assert TrainingClock().state_dict() == {"elapsed": 0.0}
+    assert clock.state_key == "TrainingClock"
+
+
+def test_an_explicit_version_is_kept(tmp_path):
+    logger = ResumableCSVLogger(save_dir=str(tmp_path), version="mine")
+    logger.name_after("rope-tiny-12345678")
+    assert logger.version == "mine"
+    unnamed = ResumableCSVLogger(save_dir=str(tmp_path))
+    unnamed.name_after("rope-tiny-12345678")
+    assert unnamed.log_dir == str(tmp_path / "lm" / "rope-tiny-12345678")
+
+
+def test_default_loggers_add_tensorboard_only_when_installed(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n.startswith("tensorboard") else real(n))
+    assert [c["class_path"].rsplit(".", 1)[1] for c in default_loggers()] == ["ResumableCSVLogger"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object())
+    names = [c["class_path"].rsplit(".", 1)[1] for c in default_loggers("out")]
+    assert names == ["ResumableCSVLogger", "ResumableTensorBoardLogger"]
+    assert all(c["init_args"]["save_dir"] == "out" for c in default_loggers("out"))
+
+
+@pytest.mark.skipif(not logging_setup.tensorboard_available(), reason="tensorboard is not installed")
+def test_tensorboard_logger_is_named_after_the_experiment(tmp_path):
+    logger = ResumableTensorBoardLogger(save_dir=str(tmp_path))
+    logger.name_after("rope-tiny-12345678")
+    assert Path(logger.log_dir) == tmp_path / "tensorboard" / "rope-tiny-12345678"
+
+
+def test_logging_callbacks_are_added_once_before_the_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, epochs=1)
+    add_logging_callbacks(trainer)  # a second time: nothing more
+    kinds = [type(cb) for cb in trainer.callbacks]
+    assert kinds.count(OptionalLearningRateMonitor) == 1 and kinds.count(TrainingClock) == 1
+    assert kinds.index(TrainingClock) < kinds.index(ModelCheckpoint)
+    own = _trainer(tmp_path, epochs=1, callbacks=[LearningRateMonitor()])
+    assert sum(isinstance(cb, LearningRateMonitor) for cb in own.callbacks) == 1
+
+
+def test_without_a_logger_training_still_runs(tmp_path):
+    trainer = _trainer(tmp_path, epochs=1, logger=False)
+    trainer.fit(TinyRegression())
+    assert trainer.global_step == 4
+
+
+def test_plot_reads_the_key_the_clock_logs():
+    assert plot.WALL_TIME_KEY == logging_setup.WALL_TIME_KEY

@@ -1,0 +1,133 @@
+"""KaggleDatasetSync end to end: the real CLI, the real `kaggle` client, the fake Kaggle server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightning_app.persistence.manifest import Manifest
+from tests.cli_helpers import cli_env, fit_args, run
+from tests.fake_kaggle import FakeKaggle
+
+pytestmark = pytest.mark.slow
+
+QUIET = ("--trainer.enable_progress_bar", "false", "--sync.retry_delay", "0.1")
+
+
+def _fit(tmp_path: Path, fake: FakeKaggle, *extra: str):
+    env = cli_env(tmp_path / "home", fake.env(tmp_path))
+    result = run(fit_args(*QUIET, *extra), tmp_path, env, timeout=240)
+    return result, result.stdout + result.stderr
+
+
+def _only_dataset(fake: FakeKaggle):
+    assert len(fake.datasets) == 1, list(fake.datasets)
+    ref = next(iter(fake.datasets))
+    return ref, fake.datasets[ref], fake.versions(ref)
+
+
+def _assert_newest_version_holds_final_checkpoint(tmp_path: Path, fake: FakeKaggle) -> None:
+    _ref, _dataset, versions = _only_dataset(fake)
+    local = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
+    newest = versions[-1]
+    assert set(newest.files) == {local.file, "manifest.json"}
+    assert newest.files[local.file] == (tmp_path / "checkpoints" / local.file).read_bytes()
+    uploaded = json.loads(newest.files["manifest.json"])
+    assert [e["file"] for e in uploaded["checkpoints"]] == [local.file]
+
+
+def test_three_epochs_make_one_private_dataset_with_three_versions(tmp_path, fake_kaggle):
+    result, output = _fit(tmp_path, fake_kaggle)
+    assert result.returncode == 0, output[-3000:]
+    ref, dataset, versions = _only_dataset(fake_kaggle)
+    assert ref.startswith("fake-user/sinusoidal-tiny-") and ref.endswith("-checkpoints")
+    assert dataset.is_private
+    assert len(versions) == 3
+    local = Manifest.load(tmp_path / "checkpoints")
+    for version, epoch in zip(versions, range(3)):
+        checkpoints = [name for name in version.files if name.endswith(".ckpt")]
+        assert len(checkpoints) == 1 and checkpoints[0].startswith(f"kaggle_epoch_{epoch}_")
+        assert set(version.files) == {checkpoints[0], "manifest.json"}  # nothing else, ever
+    assert versions[1].notes.startswith("Checkpoint after epoch 1 (step 64, val_loss ")
+    _assert_newest_version_holds_final_checkpoint(tmp_path, fake_kaggle)
+    sizes = [v.bytes_uploaded for v in versions]
+    assert max(sizes) - min(sizes) < 0.01 * max(sizes), "upload size per version must stay flat"
+    assert output.count("Published kaggle_epoch_") == 3
+    assert "is published in kaggle:" in output
+    assert len(local.entries) == 3
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["fail_500", "fail_429", "drop", "hang", "processing_delay", "lost_reply"],
+)
+def test_faults_never_fail_the_run_and_the_final_checkpoint_lands(tmp_path, fake_kaggle, fault):
+    if fault == "fail_500":
+        fake_kaggle.fail_next(3, status=500, methods="CreateDatasetVersion")
+    elif fault == "fail_429":
+        fake_kaggle.fail_next(3, status=429, methods="StartBlobUpload")
+    elif fault == "drop":
+        fake_kaggle.drop_next(2, methods="PUT")
+    elif fault == "hang":
+        fake_kaggle.hang_next(1, methods="CreateDatasetVersion")
+    elif fault == "processing_delay":
+        fake_kaggle.processing_delay(2)
+    elif fault == "lost_reply":
+        fake_kaggle.drop_next(1, methods="CreateDatasetVersion", after_commit=True)
+    result, output = _fit(tmp_path, fake_kaggle, "--sync.call_timeout", "4")
+    assert result.returncode == 0, output[-3000:]
+    _assert_newest_version_holds_final_checkpoint(tmp_path, fake_kaggle)
+    _ref, _dataset, versions = _only_dataset(fake_kaggle)
+    steps = [json.loads(v.files["manifest.json"])["checkpoints"][0]["global_step"] for v in versions]
+    assert len(steps) == len(set(steps)), f"a checkpoint was published twice: {steps}"
+    # The fault really happened (the client retries 429s and dropped uploads by itself; the rest are ours).
+    if fault in ("fail_500", "fail_429"):
+        assert sum(r.status == int(fault[-3:]) for r in fake_kaggle.requests) == 3
+    elif fault == "drop":
+        assert sum(r.status is None and r.method == "PUT" for r in fake_kaggle.requests) == 2
+    elif fault != "processing_delay":
+        assert "retry" in output
+
+
+def test_wrong_credentials_warn_once_and_keep_local_checkpoints(tmp_path, fake_kaggle):
+    fake_kaggle.refuse_credentials()
+    result, output = _fit(tmp_path, fake_kaggle)
+    assert result.returncode == 0, output[-3000:]
+    assert output.count("Checkpoint sync stopped") == 1
+    assert len(Manifest.load(tmp_path / "checkpoints").entries) == 3
+    assert not fake_kaggle.datasets
+
+
+def test_no_credentials_means_local_only_with_one_warning(tmp_path):
+    result = run(fit_args(*QUIET), tmp_path, cli_env(tmp_path / "home"))
+    assert result.returncode == 0
+    assert (result.stdout + result.stderr).count("No Kaggle credentials found") == 1
+
+
+def test_the_key_is_never_uploaded_logged_or_saved(tmp_path, fake_kaggle):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "kaggle.json").write_text(json.dumps({"username": "x", "key": fake_kaggle.key}))
+    result, output = _fit(tmp_path, fake_kaggle)
+    assert result.returncode == 0, output[-3000:]
+    key = fake_kaggle.key.encode()
+    _ref, _dataset, versions = _only_dataset(fake_kaggle)
+    for version in versions:
+        assert "kaggle.json" not in version.files
+        for name, data in version.files.items():
+            assert key not in data, f"the key was uploaded in {name}"
+    assert fake_kaggle.key not in output
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "kaggle.json" and "kaggle-config" not in path.parts:
+            assert key not in path.read_bytes(), f"the key was written to {path}"
+
+
+def test_only_rank_zero_publishes_under_ddp(tmp_path, fake_kaggle):
+    result, output = _fit(tmp_path, fake_kaggle, "--trainer.devices", "2", "--trainer.strategy", "ddp")
+    assert result.returncode == 0, output[-3000:]
+    _ref, _dataset, versions = _only_dataset(fake_kaggle)
+    assert len(versions) == 3
+    creates = len(fake_kaggle.calls("CreateDataset")) + len(fake_kaggle.calls("CreateDatasetVersion"))
+    assert creates == 3, "a second rank published too"
+    _assert_newest_version_holds_final_checkpoint(tmp_path, fake_kaggle)
