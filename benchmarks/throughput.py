@@ -74,6 +74,7 @@ class Setting:
         steps: timed steps.
         every_n_steps: the fit arm's step-checkpoint (and publish) interval.
         compile: run the model through ``torch.compile`` in both arms.
+        overrides: ``(field, value)`` pairs that override the size preset (``d_model``, ``n_layers``...).
     """
 
     size: str
@@ -83,6 +84,7 @@ class Setting:
     steps: int
     every_n_steps: int
     compile: bool = False
+    overrides: tuple[tuple[str, int], ...] = ()
 
     @property
     def tokens_per_step(self) -> int:
@@ -136,7 +138,9 @@ def plain_loop(setting: Setting, device: str, precision: str) -> float:
     """Seconds for the timed steps of a plain PyTorch training loop."""
     torch.manual_seed(SEED)
     dataset = SyntheticDataModule(**_data(setting)).train_dataset
-    config = TransformerConfig.from_preset(setting.size, pe_type=PE_TYPE, vocab_size=VOCAB_SIZE, dropout=DROPOUT)
+    config = TransformerConfig.from_preset(
+        setting.size, pe_type=PE_TYPE, vocab_size=VOCAB_SIZE, dropout=DROPOUT, **dict(setting.overrides)
+    )
     model = TransformerLM(config).to(device).train()
     forward = torch.compile(model) if setting.compile else model
     hp = {name: p.default for name, p in inspect.signature(LanguageModel).parameters.items()}  # fit's defaults
@@ -192,7 +196,13 @@ def fit_config(setting: Setting, device: str, precision: str, workdir: Path) -> 
                 "init_args": {"save_dir": str(workdir / "logs"), "name": "lm"},
             },
         },
-        "model": {"pe_type": PE_TYPE, "model_size": setting.size, "dropout": DROPOUT, "compile": setting.compile},
+        "model": {
+            "pe_type": PE_TYPE,
+            "model_size": setting.size,
+            "dropout": DROPOUT,
+            "compile": setting.compile,
+            **dict(setting.overrides),
+        },
         "data": {"class_path": "lightning_app.data.SyntheticDataModule", "init_args": _data(setting)},
         "checkpoint": {
             "dirpath": str(workdir / "checkpoints"),

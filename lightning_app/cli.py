@@ -174,7 +174,12 @@ def one_line(error: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = with_default_config(expand_aliases(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["checkpoints"]:
+        from lightning_app.checkpoints_command import main as list_checkpoints
+
+        raise SystemExit(list_checkpoints(argv[1:]))
+    argv = with_default_config(expand_aliases(argv))
     # DDP launchers re-run this command from sys.argv: give them the expanded one.
     sys.argv = [sys.argv[0], *argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s")

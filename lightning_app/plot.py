@@ -203,7 +203,7 @@ def draw(curves: list[Curve], output: Path, title: str | None = None) -> Path:
             "marker": "o",
             "markersize": 3,
             "linewidth": 1.6,
-            "label": curve.label,
+            "label": curve.label + (f", {len(curve.sources)} sessions" if len(curve.sources) > 1 else ""),
         }
         for column, (steps, values) in enumerate((curve.series("val_loss"), curve.perplexity())):
             axes[0][column].plot(steps, values, **style)
@@ -219,8 +219,6 @@ def draw(curves: list[Curve], output: Path, title: str | None = None) -> Path:
             axis.set_xlabel(axis_x)
             axis.set_ylabel(name)
             axis.grid(True, alpha=0.3)
-            if column == 1:
-                axis.set_yscale("log")
     axes[0][0].legend(title="pe_type (model_size)", fontsize=9)
     fig.suptitle(title or "Validation curves by positional encoding")
     fig.tight_layout()

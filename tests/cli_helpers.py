@@ -13,6 +13,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
 
+#: smoke.yaml has 32 steps per epoch and 3 epochs; resume tests add a step checkpoint every 10 steps.
+RESUME_FLAGS = (
+    "--checkpoint.every_n_train_steps",
+    "10",
+    "--checkpoint.keep_last",
+    "10",
+    "--trainer.enable_progress_bar",
+    "false",
+)
+
 
 def cli_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """An environment with no Kaggle credentials from the developer's machine, and the repo importable."""

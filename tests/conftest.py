@@ -31,3 +31,17 @@ def kaggle_env(fake_kaggle: FakeKaggle, tmp_path, monkeypatch) -> dict[str, str]
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+# -- an uninterrupted smoke run to compare resumed runs with -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """`smoke.yaml` with `RESUME_FLAGS`, never interrupted: the reference every resumed run must equal."""
+    from tests.cli_helpers import RESUME_FLAGS, cli_env, fit_args, run
+
+    work = tmp_path_factory.mktemp("uninterrupted")
+    result = run(fit_args(*RESUME_FLAGS), work, cli_env(work / "home"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work

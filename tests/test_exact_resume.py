@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lightning_app.persistence.manifest import Manifest
+from tests.cli_helpers import RESUME_FLAGS as FLAGS
 from tests.cli_helpers import (
     assert_same_training_state,
     cli_env,
@@ -23,24 +24,6 @@ from tests.cli_helpers import (
 from tests.support.kill_switch import kill_config
 
 pytestmark = pytest.mark.slow
-
-# 32 steps per epoch in smoke.yaml, 3 epochs; a step checkpoint every 10 steps.
-FLAGS = (
-    "--checkpoint.every_n_train_steps",
-    "10",
-    "--checkpoint.keep_last",
-    "10",
-    "--trainer.enable_progress_bar",
-    "false",
-)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("uninterrupted")
-    result = run(fit_args(*FLAGS), work, cli_env(work / "home"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return work
 
 
 def _killed_then_resumed(tmp_path: Path, kind: str, step: int) -> tuple[Path, int, str]:

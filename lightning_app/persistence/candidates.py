@@ -30,6 +30,7 @@ class Candidate:
     entry: CheckpointEntry
     in_manifest: bool  # False: found by scanning; the step came from loading the file
     verified: bool | None = None  # None: not checked yet
+    origin: str = ""  # where it came from, for the log, when its path does not say (a download)
 
     @property
     def order_key(self) -> tuple[int, int, str]:

@@ -81,7 +81,10 @@ def _remote_candidates(
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     store.fetch(target, version)
-    return scan_tree(target, "remote")
+    found = scan_tree(target, "remote")
+    for candidate in found:
+        candidate.origin = f"{store.description} ({f'version {version}' if version else 'newest version'})"
+    return found
 
 
 def check_settings(candidate: Candidate, requested: dict[str, object]) -> None:
@@ -116,8 +119,10 @@ def _same_file(path: Path, entry: CheckpointEntry) -> bool:
 
 
 def explain(candidate: Candidate) -> str:
-    where = candidate.path.parent
-    return f"Resuming from {candidate.describe()} found in {where} ({candidate.source})"
+    """``Resuming from kaggle_epoch_7_...ckpt (epoch 7, step 5600) found in /kaggle/input/...``."""
+    if candidate.origin:
+        return f"Resuming from {candidate.describe()} downloaded from {candidate.origin}"
+    return f"Resuming from {candidate.describe()} found in {candidate.path.parent}"
 
 
 __all__ = ["Inventory", "RestoreOptions", "check_settings", "collect", "explain", "make_local", "newest_first"]

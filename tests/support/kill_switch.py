@@ -37,6 +37,28 @@ class KillAfterCheckpoint(Callback):
             _die()
 
 
+class KillAfterPublished(Callback):
+    """SIGKILL the process once the checkpoint of ``global_step`` is published by `KaggleDatasetSync`."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+        self._sync = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Registered after every setup(): this listener runs after the sync's, which has queued the upload.
+        from callbacks.kaggle_sync import KaggleDatasetSync
+
+        self._sync = next(cb for cb in trainer.callbacks if isinstance(cb, KaggleDatasetSync))
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, KaggleModelCheckpoint):
+                callback.add_listener(self._on_saved)
+
+    def _on_saved(self, saved: SavedCheckpoint) -> None:
+        if saved.entry.global_step >= self.global_step:
+            assert self._sync.publisher.flush(120), "the checkpoint was not published"
+            _die()
+
+
 class KillDuringCheckpointWrite(Callback):
     """SIGKILL the process half-way through writing the checkpoint of ``global_step``."""
 
