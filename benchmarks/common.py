@@ -165,8 +165,22 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    """Run the body in ``path`` (``contextlib.chdir`` needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def run_fit(config_path: Path, callbacks: Sequence = (), extra_args: Sequence[str] = ()):
-    """``python -m lightning_app fit --config PATH ...`` in this process, with extra callback objects; the CLI."""
+    """``python -m lightning_app fit --config PATH ...`` in this process, plus callback objects; returns the CLI.
+
+    Run it inside `working_directory`: the CLI's defaults (``logs/``, ``checkpoints/``) are relative paths.
+    """
     import pytorch_lightning as pl
 
     from lightning_app.cli import TrainingCLI

@@ -33,6 +33,7 @@ class SavedCheckpoint:
     path: Path
     entry: CheckpointEntry
     folder: Path
+    seconds: float = 0.0  # how long the background write took
 
 
 class KaggleModelCheckpoint(ModelCheckpoint):
@@ -220,7 +221,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             self._manifest.add(entry)
             self._apply_retention(folder)
             self._manifest.save(folder)
-        saved = SavedCheckpoint(written.path, entry, folder)
+        saved = SavedCheckpoint(written.path, entry, folder, written.seconds)
         self.last_saved = saved
         if self.verbose:
             log.info(

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.checkpoint import KaggleModelCheckpoint
+from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
 from lightning_app.errors import ConfigError, bad_value
 from lightning_app.module import LanguageModel
@@ -69,6 +70,7 @@ class TrainingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(KaggleModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(KaggleDatasetSync, "sync")
+        parser.add_lightning_class_args(SessionDeadline, "deadline")
         parser.add_class_arguments(restore.RestoreOptions, "restore")
         parser.add_argument(
             "--resume",

@@ -109,8 +109,21 @@ class LanguageModel(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self.log("train_loss", loss, prog_bar=True)
+        if self._logs_this_step():
+            # A CPU copy: after every step Lightning turns each progress-bar value into a Python number, which for a
+            # GPU tensor waits for the GPU. This way only the steps the logger writes wait (once, here).
+            self.log("train_loss", loss.detach().to("cpu"), prog_bar=True)
         return loss
+
+    def _logs_this_step(self) -> bool:
+        """True on the steps whose metrics the logger writes (``--trainer.log_every_n_steps``).
+
+        ``self.log`` costs Python work every call; on the other steps the progress bar keeps the last value.
+        """
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        # Lightning writes when (optimizer steps so far + 1) % every == 0, counted before this step's update.
+        return every <= 1 or (self.global_step + 1) % every == 0 or trainer.should_stop or bool(trainer.fast_dev_run)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss(batch)
@@ -128,7 +141,9 @@ class LanguageModel(pl.LightningModule):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda"
+        # Fused: one kernel for all parameters. On CPU the default is a Python loop over the parameters (torch picks
+        # foreach only for CUDA), a few ms per step for a small model; torch has a fused CPU AdamW since 2.4.
+        fused = self.device.type == "cuda" or (self.device.type == "cpu" and torch.__version__ >= (2, 4))
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, hp.beta2), fused=fused)
         schedule = WarmupCosine(hp.warmup_steps, self._total_training_steps(), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

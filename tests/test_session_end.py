@@ -1,0 +1,182 @@
+"""Surviving the end of a session: a time budget, SIGTERM, DDP killed and resumed, and three whole sessions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lightning_app.persistence.manifest import Manifest
+from tests.cli_helpers import (
+    RESUME_FLAGS,
+    assert_same_training_state,
+    cli_env,
+    fit_args,
+    load,
+    newest_checkpoint,
+    run,
+)
+from tests.fake_kaggle import FakeKaggle
+from tests.support.kill_switch import kill_config
+
+pytestmark = pytest.mark.slow
+
+DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+
+def _newest_version_step(fake: FakeKaggle) -> int:
+    import json
+
+    ref = next(iter(fake.datasets))
+    return json.loads(fake.versions(ref)[-1].files["manifest.json"])["checkpoints"][0]["global_step"]
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp_path, fake_kaggle):
+    env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
+    budget = 25.0
+    start = time.monotonic()
+    result = run(
+        fit_args(
+            *RESUME_FLAGS, "--trainer.max_epochs", "50", "--deadline.budget", f"{budget}s", "--deadline.reserve", "3s"
+        ),
+        tmp_path,
+        env,
+    )
+    elapsed = time.monotonic() - start
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "to stay within the session budget" in output and "published" in output
+    assert elapsed < budget, f"the run took {elapsed:.1f} s of a {budget} s budget"
+    final = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
+    assert 32 <= final.global_step < 50 * 32, "the budget did not stop training, or stopped it at once"
+    assert _newest_version_step(fake_kaggle) == final.global_step
+
+
+def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
+    env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
+    log = open(tmp_path / "output.txt", "w")
+    process = subprocess.Popen(
+        fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50"), cwd=tmp_path, env=env, stdout=log, stderr=log
+    )
+    try:
+        _wait_for(
+            lambda: fake_kaggle.datasets and fake_kaggle.versions(next(iter(fake_kaggle.datasets))),
+            120,
+            "a first published version",
+        )
+        published_before = _newest_version_step(fake_kaggle)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+    finally:
+        process.kill()
+        log.close()
+    output = (tmp_path / "output.txt").read_text()
+    assert "SIGTERM received" in output
+    final = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
+    assert final.global_step > published_before
+    assert final.global_step < 50 * 32
+    assert _newest_version_step(fake_kaggle) == final.global_step, "the newest version lacks the last checkpoint"
+
+
+def _ddp_run(work: Path, *extra: str) -> subprocess.CompletedProcess:
+    # A new session: a SIGKILLed rank 0 leaves its DDP peer behind; the whole group is killed afterwards.
+    process = subprocess.Popen(
+        fit_args(*RESUME_FLAGS, *DDP, *extra),
+        cwd=work,
+        env=cli_env(work / "home"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=300)
+    finally:
+        with_group = os.getpgid(process.pid) if process.poll() is None else process.pid
+        try:
+            os.killpg(with_group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+
+
+def test_ddp_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    reference, work = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference.mkdir(), work.mkdir()
+    done = _ddp_run(reference)
+    assert done.returncode == 0, done.stdout[-3000:]
+    killed = _ddp_run(work, "--config", str(kill_config(work, "KillAfterCheckpoint", 20)))
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    assert max(e.global_step for e in Manifest.load(work / "checkpoints").entries.values()) == 20
+    resumed = _ddp_run(work, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "(epoch 1, step 20)" in resumed.stdout  # 16 steps per epoch per rank: mid-epoch
+    assert_same_training_state(
+        load(newest_checkpoint(work / "checkpoints")), load(newest_checkpoint(reference / "checkpoints"))
+    )
+
+
+def test_three_sessions_end_where_one_uninterrupted_run_ends(tmp_path, fake_kaggle, uninterrupted):
+    sessions = [tmp_path / f"session{i}" for i in (1, 2, 3)]
+    for folder in sessions:
+        folder.mkdir()
+    ref_env = lambda folder: cli_env(folder / "home", fake_kaggle.env(folder))  # noqa: E731
+
+    # Session 1: trains, publishes, and is SIGKILLed mid-epoch.
+    first = run(
+        fit_args(*RESUME_FLAGS, "--config", str(kill_config(sessions[0], "KillAfterPublished", 50))),
+        sessions[0],
+        ref_env(sessions[0]),
+    )
+    assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
+    assert _newest_version_step(fake_kaggle) == 50
+
+    # Session 2: the dataset is attached as Kaggle mounts it; the session's budget is all but gone at start.
+    ref = next(iter(fake_kaggle.datasets))
+    mount = tmp_path / "input" / "datasets" / ref
+    mount.mkdir(parents=True)
+    for name, data in fake_kaggle.versions(ref)[-1].files.items():
+        (mount / name).write_bytes(data)
+    second = run(
+        fit_args(
+            *RESUME_FLAGS,
+            "--resume",
+            "--restore.input_dir",
+            str(tmp_path / "input"),
+            "--deadline.budget",
+            "60s",
+            "--deadline.reserve",
+            "58s",
+        ),
+        sessions[1],
+        ref_env(sessions[1]),
+    )
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-3000:]
+    assert f"found in {mount}" in output and "to stay within the session budget" in output
+    stopped_at = _newest_version_step(fake_kaggle)
+    assert 50 < stopped_at < 96
+
+    # Session 3: nothing attached; the newest version comes through the API.
+    third = run(
+        fit_args(*RESUME_FLAGS, "--resume", "--restore.input_dir", str(sessions[2] / "none")),
+        sessions[2],
+        ref_env(sessions[2]),
+    )
+    output = third.stdout + third.stderr
+    assert third.returncode == 0, output[-3000:]
+    assert f"(epoch 1, step {stopped_at}) downloaded from kaggle:{ref}" in output
+    assert_same_training_state(
+        load(newest_checkpoint(sessions[2] / "checkpoints")), load(newest_checkpoint(uninterrupted / "checkpoints"))
+    )
