@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -65,10 +66,10 @@ def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp
 
 def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
     env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
-    log = open(tmp_path / "output.txt", "w")
-    process = subprocess.Popen(
-        fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50"), cwd=tmp_path, env=env, stdout=log, stderr=log
-    )
+    with open(tmp_path / "output.txt", "w") as log:
+        process = subprocess.Popen(
+            fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50"), cwd=tmp_path, env=env, stdout=log, stderr=log
+        )
     try:
         _wait_for(
             lambda: fake_kaggle.datasets and fake_kaggle.versions(next(iter(fake_kaggle.datasets))),
@@ -80,7 +81,6 @@ def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
         assert process.wait(timeout=90) == 0
     finally:
         process.kill()
-        log.close()
     output = (tmp_path / "output.txt").read_text()
     assert "SIGTERM received" in output
     final = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
@@ -103,11 +103,8 @@ def _ddp_run(work: Path, *extra: str) -> subprocess.CompletedProcess:
     try:
         output, _ = process.communicate(timeout=300)
     finally:
-        with_group = os.getpgid(process.pid) if process.poll() is None else process.pid
-        try:
-            os.killpg(with_group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        with contextlib.suppress(ProcessLookupError):  # the group outlives its leader: pgid == leader's pid
+            os.killpg(process.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(process.args, process.returncode, output, "")
 
 
