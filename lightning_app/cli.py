@@ -182,8 +182,9 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(list_checkpoints(argv[1:]))
     argv = with_default_config(expand_aliases(argv))
-    # DDP launchers re-run this command from sys.argv: give them the expanded one.
-    sys.argv = [sys.argv[0], *argv]
+    # Lightning's `ddp` launcher re-runs this command from sys.argv: give it the expanded one (and give a
+    # notebook kernel its own back afterwards).
+    saved_argv, sys.argv = sys.argv, [sys.argv[0], *argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     try:
@@ -200,3 +201,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        sys.argv = saved_argv

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +178,26 @@ def test_three_sessions_end_where_one_uninterrupted_run_ends(tmp_path, fake_kagg
     assert_same_training_state(
         load(newest_checkpoint(sessions[2] / "checkpoints")), load(newest_checkpoint(uninterrupted / "checkpoints"))
     )
+
+
+NOTEBOOK_CELL = """
+from lightning_app.cli import main
+main(["fit", "--config", {config!r}, "--trainer.devices", "2", "--trainer.strategy", "ddp_notebook",
+      "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "{epochs}", *{extra!r}])
+"""
+
+
+def test_ddp_notebook_from_inside_the_notebook_process_trains_and_resumes(tmp_path):
+    from tests.cli_helpers import SMOKE
+
+    def cell(epochs: int, *extra: str) -> subprocess.CompletedProcess:
+        code = NOTEBOOK_CELL.format(config=str(SMOKE), epochs=epochs, extra=list(extra))
+        return run([sys.executable, "-c", code], tmp_path, cli_env(tmp_path / "home"))
+
+    first = cell(1)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = cell(2, "--resume")
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-3000:]
+    assert output.count("Resuming from kaggle_epoch_0_") == 1  # restored once, before the workers were forked
+    assert [e.epoch for e in Manifest.load(tmp_path / "checkpoints").newest_first()][:2] == [1, 0]
