@@ -65,7 +65,7 @@ def test_sinusoidal_matches_vaswani_formula_and_grows():
     d = 16
     pe = SinusoidalPositionalEncoding(d_model=d, n_heads=2, max_seq_len=8)
     x = torch.randn(1, 40, d)  # longer than max_seq_len: the table must grow
-    added = pe.embed(x) - x  # (1, 40, d)
+    added = (pe.embed(x) - x) / pe.scale  # (1, 40, d): the table, added at the embeddings' scale
     for pos, i in [(0, 0), (1, 0), (3, 2), (7, 7), (20, 1), (39, 5)]:
         angle = pos / 10000 ** (2 * i / d)
         assert added[0, pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-5)
@@ -74,9 +74,16 @@ def test_sinusoidal_matches_vaswani_formula_and_grows():
     assert pe.rotate(x, x) == (x, x)
 
 
+def test_sinusoidal_is_added_at_the_token_embeddings_scale():
+    # Unit-amplitude sinusoids added to std-0.02 embeddings drown token identity: the model barely learns.
+    pe = SinusoidalPositionalEncoding(d_model=64, n_heads=4, max_seq_len=128)
+    added = pe.embed(torch.zeros(1, 128, 64))
+    assert added.pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=0.05)
+
+
 def test_sinusoidal_odd_width():
     pe = SinusoidalPositionalEncoding(d_model=5, n_heads=1, max_seq_len=4)
-    added = pe.embed(torch.zeros(1, 4, 5))[0]  # (4, 5)
+    added = pe.embed(torch.zeros(1, 4, 5))[0] / pe.scale  # (4, 5)
     assert added[3, 4].item() == pytest.approx(math.sin(3 / 10000 ** (4 / 5)), abs=1e-6)
     assert added[3, 3].item() == pytest.approx(math.cos(3 / 10000 ** (2 / 5)), abs=1e-6)
 
