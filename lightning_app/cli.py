@@ -23,9 +23,11 @@ from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
 from lightning_app.errors import ConfigError, bad_value
+from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import restore
 from lightning_app.precision import resolve_precision
+from lightning_app.progress import use_sync_progress_bar
 
 log = logging.getLogger("lightning_app")
 
@@ -84,10 +86,7 @@ class TrainingCLI(LightningCLI):
         parser.set_defaults(
             {
                 "trainer.use_distributed_sampler": False,  # our sampler shards and resumes; Lightning's would not
-                "trainer.logger": {
-                    "class_path": "pytorch_lightning.loggers.CSVLogger",
-                    "init_args": {"save_dir": "logs", "name": "lm"},
-                },
+                "trainer.logger": default_loggers(),
             }
         )
 
@@ -95,6 +94,12 @@ class TrainingCLI(LightningCLI):
         config = self.config.get(str(self.subcommand), self.config)
         if config.trainer.precision is None:
             config.trainer.precision = resolve_precision(config.trainer.accelerator)
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":  # validate/test runs keep their own version_N log folders
+            name_loggers(self.trainer, self.model, self.datamodule)
+        add_logging_callbacks(self.trainer)
+        use_sync_progress_bar(self.trainer)
 
     def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """`Trainer.fit`, after the restore hook has turned ``--resume`` into a local checkpoint path."""
@@ -181,6 +186,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_app.checkpoints_command import main as list_checkpoints
 
         raise SystemExit(list_checkpoints(argv[1:]))
+    if argv[:1] == ["plot"]:
+        from lightning_app.plot import main as plot_main
+
+        raise SystemExit(plot_main(argv[1:]))
     argv = with_default_config(expand_aliases(argv))
     # Lightning's `ddp` launcher re-runs this command from sys.argv: give it the expanded one (and give a
     # notebook kernel its own back afterwards).

@@ -8,7 +8,7 @@ Each RUN_DIR (or ``metrics.csv`` file) is searched for the metrics files that `R
 one run -- are stitched into one continuous curve: rows are read file after file (ordered by their first logged
 step), and when two rows give a metric for the same step the later one wins, because a resumed session logs
 again the steps after its checkpoint. Settings come from ``hparams.yaml`` (or the CLI's ``config.yaml``) beside
-each ``metrics.csv``.
+each ``metrics.csv``. Files with no training rows (logs of ``validate`` or ``test`` runs) are left out.
 
 Example::
 
@@ -37,6 +37,7 @@ EXPERIMENT_KEYS = ("pe_type", "model_size", "vocab_size", "d_model", "n_layers",
 #: A log folder named by the CLI after the experiment: ``rope-small-1a2b3c4d``.
 _EXPERIMENT_DIR = re.compile(r"^[a-z]+-[a-z]+-[0-9a-f]{8}$")
 PE_COLORS = {"sinusoidal": "tab:blue", "learned": "tab:orange", "rope": "tab:green", "alibi": "tab:red", "none": "0.45"}
+PE_MARKERS = {"sinusoidal": "o", "learned": "s", "rope": "^", "alibi": "D", "none": "x"}
 SIZE_STYLES = {"tiny": "-", "small": "--", "base": "-.", "large": ":"}
 MATPLOTLIB_MISSING = 'plotting needs matplotlib: pip install -e ".[plot]"'
 
@@ -119,6 +120,11 @@ def read_rows(metrics: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k and v not in (None, "")} for row in csv.DictReader(file)]
 
 
+def _has_training_rows(metrics: Path) -> bool:
+    with open(metrics, newline="") as file:
+        return any(row.get("train_loss") for row in csv.DictReader(file))
+
+
 def stitch(files: Sequence[Path]) -> dict[str, dict[int, float]]:
     """Merge metrics files of one experiment: file order by first step, later rows win for a repeated step."""
     tables = [read_rows(f) for f in files]
@@ -148,6 +154,8 @@ def load_curves(paths: Sequence[str | Path]) -> list[Curve]:
     """One `Curve` per experiment found under ``paths``, labelled ``pe_type (model_size)``."""
     curves: dict[str, Curve] = {}
     for metrics in find_metrics(paths):
+        if not _has_training_rows(metrics):
+            continue  # a `validate` or `test` run's log: no curve of its own
         settings = read_settings(metrics)
         key = experiment_key(metrics, settings)
         curves.setdefault(key, Curve(key, settings)).sources.append(metrics)
@@ -181,8 +189,15 @@ def _time_unit(seconds: float) -> tuple[float, str]:
     return (60.0, "min") if seconds < 3 * 3600 else (3600.0, "h")
 
 
-def draw(curves: list[Curve], output: Path, title: str | None = None) -> Path:
-    """Write the figure to ``output`` (format from its suffix); a row of plots against time if time was logged."""
+def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "both") -> Path:
+    """Write the figure to ``output`` (format from its suffix).
+
+    Args:
+        curves: what to draw.
+        output: the image file; its suffix picks the format (png, svg, pdf...).
+        title: the figure's title.
+        x: ``step``, ``time`` (training wall time, where logged) or ``both`` (one row each).
+    """
     try:
         import matplotlib
 
@@ -191,32 +206,38 @@ def draw(curves: list[Curve], output: Path, title: str | None = None) -> Path:
     except ImportError:
         raise PlotError(MATPLOTLIB_MISSING) from None
     timed = [c for c in curves if c.points.get(WALL_TIME_KEY)]
-    rows = 2 if timed else 1
-    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.2 * rows), squeeze=False)
+    if x == "time" and not timed:
+        raise PlotError(f"no {WALL_TIME_KEY} logged: plot against --x step")
+    axes_x = {"step": ["step"], "time": ["time"], "both": ["step", "time"] if timed else ["step"]}[x]
+    fig, axes = plt.subplots(len(axes_x), 2, figsize=(12, 4.2 * len(axes_x)), squeeze=False)
     top_time = max((max(c.points[WALL_TIME_KEY].values()) for c in timed), default=0.0)
     scale, unit = _time_unit(top_time)
     palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
     for curve in curves:
+        pe = str(curve.settings.get("pe_type"))
         style = {
-            "color": PE_COLORS.get(str(curve.settings.get("pe_type"))) or next(palette, "black"),
+            "color": PE_COLORS.get(pe) or next(palette, "black"),
             "linestyle": SIZE_STYLES.get(str(curve.settings.get("model_size")), "-"),
-            "marker": "o",
-            "markersize": 3,
-            "linewidth": 1.6,
+            "marker": PE_MARKERS.get(pe, "o"),
+            "markersize": 4,
+            "linewidth": 1.4,
+            "alpha": 0.85,
             "label": curve.label + (f", {len(curve.sources)} sessions" if len(curve.sources) > 1 else ""),
         }
+        clock = curve.points.get(WALL_TIME_KEY, {})
         for column, (steps, values) in enumerate((curve.series("val_loss"), curve.perplexity())):
-            axes[0][column].plot(steps, values, **style)
-            if rows == 2:
-                clock = curve.points.get(WALL_TIME_KEY, {})
-                pairs = [(clock[s] / scale, v) for s, v in zip(steps, values) if s in clock]
+            for row, kind in enumerate(axes_x):
+                pairs = (
+                    list(zip(steps, values))
+                    if kind == "step"
+                    else [(clock[s] / scale, v) for s, v in zip(steps, values) if s in clock]
+                )
                 if pairs:
-                    axes[1][column].plot(*zip(*pairs), **style)
-    for row in range(rows):
-        axis_x = "step" if row == 0 else f"training time ({unit})"
+                    axes[row][column].plot(*zip(*pairs), **style)
+    for row, kind in enumerate(axes_x):
         for column, name in enumerate(("validation loss", "validation perplexity")):
             axis = axes[row][column]
-            axis.set_xlabel(axis_x)
+            axis.set_xlabel("step" if kind == "step" else f"training time ({unit})")
             axis.set_ylabel(name)
             axis.grid(True, alpha=0.3)
     axes[0][0].legend(title="pe_type (model_size)", fontsize=9)
@@ -237,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a log folder (searched for metrics.csv) or file")
     parser.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png)")
     parser.add_argument("--title", default=None, help="the figure's title")
+    parser.add_argument(
+        "--x",
+        choices=("step", "time", "both"),
+        default="both",
+        help="plot against step, training wall time, or both, one row each (default: both, when time was logged)",
+    )
     return parser
 
 
@@ -247,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         curves = load_curves(args.runs)
         if not curves:
             raise PlotError("no validation loss logged in " + ", ".join(args.runs))
-        output = draw(curves, Path(args.output), args.title)
+        output = draw(curves, Path(args.output), args.title, args.x)
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

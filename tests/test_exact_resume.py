@@ -3,6 +3,7 @@ run that was never interrupted: weights, optimizer state, schedule, step, and th
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import signal
@@ -26,25 +27,55 @@ from tests.support.kill_switch import kill_config
 pytestmark = pytest.mark.slow
 
 
-def _killed_then_resumed(tmp_path: Path, kind: str, step: int) -> tuple[Path, int, str]:
+def _logged_losses(logs: Path) -> dict[Path, list[tuple[str, str]]]:
+    """(step, train_loss) of every row of every metrics.csv under ``logs``, in file order."""
+    logged = {}
+    for path in sorted(logs.rglob("metrics.csv")):
+        with open(path, newline="") as f:
+            logged[path] = [(row["step"], row.get("train_loss") or "") for row in csv.DictReader(f)]
+    return logged
+
+
+def _killed_then_resumed(tmp_path: Path, kind: str, step: int) -> tuple[Path, int, str, dict]:
     env = cli_env(tmp_path / "home")
     killed = run(fit_args(*FLAGS, "--config", str(kill_config(tmp_path, kind, step))), tmp_path, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     before = Manifest.load(tmp_path / "checkpoints")
     newest_before = max(e.global_step for e in before.entries.values())
+    first_session = _logged_losses(tmp_path / "logs")
     resumed = run(fit_args(*FLAGS, "--resume"), tmp_path, env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return tmp_path, newest_before, resumed.stdout + resumed.stderr
+    return tmp_path, newest_before, resumed.stdout + resumed.stderr, first_session
 
 
-def _assert_exact(work: Path, resumed_from: int, output: str, uninterrupted: Path) -> None:
+def _second_session_losses(work: Path, first_session: dict[Path, list[tuple[str, str]]]) -> dict[int, str]:
+    """step -> train_loss of the rows the resumed session logged.
+
+    The session boundary: the resumed session either continued the killed session's metrics file (the default
+    ResumableCSVLogger, one file per experiment) or wrote a file of its own (a logger that makes a new version
+    per run). Either way, the rows the killed session left must still be there, first and unchanged.
+    """
+    after = _logged_losses(work / "logs")
+    assert set(first_session) <= set(after), "the first session's metrics file is gone"
+    assert len(after) - len(first_session) in (0, 1), sorted(after)
+    losses: dict[int, str] = {}
+    for path, rows in after.items():
+        kept = len(first_session.get(path, []))
+        assert rows[:kept] == first_session.get(path, []), f"the first session's rows in {path} changed"
+        for step, loss in rows[kept:]:
+            if loss:
+                losses[int(step)] = loss
+    return losses
+
+
+def _assert_exact(
+    work: Path, resumed_from: int, output: str, uninterrupted: Path, first_session: dict[Path, list]
+) -> None:
     match = re.search(r"Resuming from kaggle_epoch_\d+_[\d-]+\.ckpt \(epoch \d+, step (\d+)\)", output)
     assert match, output[-3000:]
     assert int(match[1]) == resumed_from
     # It really resumed (RESUME_FACTS 10): a silent restart from step 0 would also end with equal weights.
-    metrics = sorted((work / "logs").rglob("metrics.csv"))
-    assert len(metrics) == 2, metrics
-    second_session = train_losses(metrics[-1].parent)
+    second_session = _second_session_losses(work, first_session)
     assert min(second_session) == resumed_from, "the resumed session did not start at the checkpoint's step"
     expected = train_losses(uninterrupted / "logs")
     assert second_session == {s: v for s, v in expected.items() if s >= resumed_from}
@@ -54,28 +85,28 @@ def _assert_exact(work: Path, resumed_from: int, output: str, uninterrupted: Pat
 
 
 def test_kill_right_after_an_epoch_checkpoint(tmp_path, uninterrupted):
-    work, step, output = _killed_then_resumed(tmp_path, "KillAfterCheckpoint", 32)
+    work, step, output, first_session = _killed_then_resumed(tmp_path, "KillAfterCheckpoint", 32)
     assert step == 32
-    _assert_exact(work, step, output, uninterrupted)
+    _assert_exact(work, step, output, uninterrupted, first_session)
 
 
 def test_kill_mid_epoch_right_after_a_step_checkpoint(tmp_path, uninterrupted):
-    work, step, output = _killed_then_resumed(tmp_path, "KillAfterCheckpoint", 50)
+    work, step, output, first_session = _killed_then_resumed(tmp_path, "KillAfterCheckpoint", 50)
     assert step == 50
-    _assert_exact(work, step, output, uninterrupted)
+    _assert_exact(work, step, output, uninterrupted, first_session)
 
 
 def test_kill_during_a_checkpoint_write(tmp_path, uninterrupted):
-    work, step, output = _killed_then_resumed(tmp_path, "KillDuringCheckpointWrite", 70)
+    work, step, output, first_session = _killed_then_resumed(tmp_path, "KillDuringCheckpointWrite", 70)
     assert step == 64, "the torn step-70 checkpoint must not be in the manifest"
     assert not list((work / "checkpoints").glob("kaggle_epoch_*_*.ckpt.tmp"))
-    _assert_exact(work, step, output, uninterrupted)
+    _assert_exact(work, step, output, uninterrupted, first_session)
 
 
 def test_kill_between_checkpoints(tmp_path, uninterrupted):
-    work, step, output = _killed_then_resumed(tmp_path, "KillAtStep", 77)
+    work, step, output, first_session = _killed_then_resumed(tmp_path, "KillAtStep", 77)
     assert step == 70
-    _assert_exact(work, step, output, uninterrupted)
+    _assert_exact(work, step, output, uninterrupted, first_session)
 
 
 def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, uninterrupted):

@@ -20,6 +20,8 @@ def write_run(root: Path, experiment: str, rows: list[dict], settings: dict | No
     """A log folder as the CLI leaves it: ``root/lm/<experiment>/metrics.csv`` and ``hparams.yaml``."""
     folder = root / "lm" / experiment
     folder.mkdir(parents=True, exist_ok=True)
+    if not any("train_loss" in r for r in rows):
+        rows = [train(0, 3.0), *rows]  # a training run logs train_loss (a validate run's log has none)
     with open(folder / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
@@ -76,6 +78,15 @@ def test_settings_from_config_yaml_and_folders_not_named_by_the_cli(tmp_path):
     (curve,) = plot.load_curves([tmp_path / "a", tmp_path / "b"])  # same settings: one experiment
     assert curve.label == "alibi (tiny)"
     assert curve.series("val_loss") == ([31, 63], [2.0, 1.5])
+
+
+def test_logs_of_validate_runs_are_left_out(tmp_path):
+    write_run(tmp_path, "rope-tiny-1a2b3c4d", [val(31, 2.0)], ROPE)
+    validate = write_run(tmp_path, "version_0", [val(0, 2.5)], ROPE)
+    rows = validate.read_text().splitlines()
+    validate.write_text("\n".join(line for i, line in enumerate(rows) if i != 1) + "\n")  # drop the train row
+    (curve,) = plot.load_curves([tmp_path])
+    assert curve.sources == [tmp_path / "lm" / "rope-tiny-1a2b3c4d" / "metrics.csv"]
 
 
 def test_perplexity_falls_back_to_exp_of_the_loss(tmp_path):
