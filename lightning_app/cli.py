@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -123,27 +122,25 @@ class TrainingCLI(LightningCLI):
             return None
         if int(os.environ.get("LOCAL_RANK", "0")) > 0 and RESUME_ENV in os.environ:
             return os.environ[RESUME_ENV] or None  # a DDP process launched by the one that resolved it
-        if resume != "auto":
-            path = Path(resume)
-            if not path.is_file():
-                raise ConfigError(f"--resume: got {resume!r}; expected an existing checkpoint file, or no value")
-            candidates = restore.scan_folder(path.parent, "local")
-            chosen = next((c for c in candidates if c.path.name == path.name), None)
-            if chosen is None:
-                raise ConfigError(f"--resume: {resume!r} is not a checkpoint that loads")
-        else:
+        if resume == "auto":
             sync = self._sync()
             identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
             store = sync.store(model.settings(), identity) if sync is not None else None
-            inventory = restore.collect(folder, options, store, folder / ".remote")
-            chosen = inventory.chosen
-            if chosen is None:
+            restored = restore.restore_newest(folder, options, store, model.settings())
+            if restored is None:
                 log.info("No checkpoint found to resume from: starting fresh")
                 os.environ[RESUME_ENV] = ""
                 return None
-        restore.check_settings(chosen, model.settings())
-        local = restore.make_local(chosen, folder)
-        shutil.rmtree(folder / ".remote", ignore_errors=True)
+            chosen, local = restored
+        else:
+            path = Path(resume)
+            if not path.is_file():
+                raise ConfigError(f"--resume: got {resume!r}; expected an existing checkpoint file, or no value")
+            chosen = next((c for c in restore.scan_folder(path.parent, "local") if c.path.name == path.name), None)
+            if chosen is None:
+                raise ConfigError(f"--resume: {resume!r} is not a checkpoint that loads")
+            restore.check_settings(chosen, model.settings())
+            local = restore.make_local(chosen, folder)
         log.info(restore.explain(chosen))
         os.environ[RESUME_ENV] = str(local)
         return str(local)

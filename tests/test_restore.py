@@ -107,3 +107,29 @@ def test_a_checkpoint_for_another_model_is_refused_in_one_line(tmp_path):
 def test_nothing_found(tmp_path):
     inventory = collect(tmp_path / "work", RestoreOptions(input_dir=str(tmp_path / "input")))
     assert inventory.chosen is None and not inventory.candidates
+
+
+def test_processes_that_restore_together_download_once(tmp_path):
+    """torchrun/SLURM start every rank at once: under the folder lock the first downloads, the rest reuse it."""
+    import threading
+
+    from lightning_app.persistence.restore import restore_newest
+
+    store = _remote(tmp_path, 1, 40)
+    fetches = []
+    real_fetch = store.fetch
+    store.fetch = lambda dest, version=None: fetches.append(dest) or real_fetch(dest, version)
+    results = []
+    options = RestoreOptions(input_dir=str(tmp_path / "none"))
+    work = tmp_path / "work"
+    threads = [
+        threading.Thread(target=lambda: results.append(restore_newest(work, options, store, dict(SETTINGS))))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(fetches) == 1
+    assert {local for _chosen, local in results} == {work / next(work.glob("kaggle_epoch_*.ckpt")).name}
+    assert not (work / ".remote").exists()

@@ -6,9 +6,11 @@ the chosen file is copied into the writable checkpoint folder and its manifest e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +120,43 @@ def _same_file(path: Path, entry: CheckpointEntry) -> bool:
     return verify(probe) is None
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder`` shared by the processes of one machine (``flock``; none where missing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    with open(folder / ".restore.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def restore_newest(
+    checkpoint_dir: Path, options: RestoreOptions, store: CheckpointStore | None, settings: dict[str, object]
+) -> tuple[Candidate, Path] | None:
+    """Find the newest checkpoint that verifies, refuse one for another model, and copy it into ``checkpoint_dir``.
+
+    Returns the candidate and its local path, or None when there is nothing to resume. Runs under a lock on the
+    checkpoint folder: processes that start together on one machine (torchrun, SLURM) take turns, and after the
+    first one has copied or downloaded, the others find its local copy and download nothing.
+    """
+    with folder_lock(checkpoint_dir):
+        chosen = collect(checkpoint_dir, options, store, checkpoint_dir / ".remote").chosen
+        if chosen is None:
+            return None
+        try:
+            check_settings(chosen, settings)
+            return chosen, make_local(chosen, checkpoint_dir)
+        finally:
+            shutil.rmtree(checkpoint_dir / ".remote", ignore_errors=True)
+
+
 def explain(candidate: Candidate) -> str:
     """``Resuming from kaggle_epoch_7_...ckpt (epoch 7, step 5600) found in /kaggle/input/...``."""
     if candidate.origin:
@@ -125,4 +164,14 @@ def explain(candidate: Candidate) -> str:
     return f"Resuming from {candidate.describe()} found in {candidate.path.parent}"
 
 
-__all__ = ["Inventory", "RestoreOptions", "check_settings", "collect", "explain", "make_local", "newest_first"]
+__all__ = [
+    "Inventory",
+    "RestoreOptions",
+    "check_settings",
+    "collect",
+    "explain",
+    "folder_lock",
+    "make_local",
+    "newest_first",
+    "restore_newest",
+]
