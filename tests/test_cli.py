@@ -126,3 +126,16 @@ def test_smoke_fit_learns_toward_the_synthetic_floor(tmp_path):
     # From the uniform guess (log V) most of the way down to the best achievable loss (log branching).
     assert last - floor < 0.25 * (uniform - floor), (last, floor, uniform)
     assert sys.executable  # the run above used this interpreter
+
+
+def test_without_resume_existing_checkpoints_are_mentioned_in_one_line(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "kaggle_epoch_4_20261126-031500.ckpt").write_bytes(b"an earlier run's")
+    with caplog.at_level(logging.INFO, logger="lightning_app"):
+        main(["fit", "--config", str(SMOKE), "--trainer.max_epochs", "0", "--trainer.logger", "false"])
+    fresh = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Starting fresh")]
+    assert len(fresh) == 1 and "--resume" in fresh[0]
+    assert (tmp_path / "checkpoints" / "kaggle_epoch_4_20261126-031500.ckpt").read_bytes() == b"an earlier run's"
