@@ -158,7 +158,10 @@ class SaveWhenIdle(Callback):
 def run_arm(arm: str, size: str, device: str, saves: int, gap: int, workdir: Path, record: Saves) -> int:
     """Train until ``saves`` saves are timed; returns the size in bytes of one checkpoint (0 for host copy)."""
     shutil.rmtree(workdir, ignore_errors=True)
-    every_gap = lambda trainer: trainer.global_step % gap == 0  # noqa: E731
+
+    def every_gap(trainer: pl.Trainer) -> bool:
+        return trainer.global_step % gap == 0
+
     if arm == "host copy":
         target = HostCopy(gap)
         callbacks: list[Callback] = [target]
@@ -176,23 +179,23 @@ def run_arm(arm: str, size: str, device: str, saves: int, gap: int, workdir: Pat
     model = LanguageModel(pe_type="sinusoidal", model_size=size, vocab_size=256, dropout=0.0)
     batch = 2
     data = SyntheticDataModule(vocab_size=256, seq_len=16, batch_size=batch, num_train_sequences=batch * 10_000)
-    trainer = pl.Trainer(
-        accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
-        precision=precision_for(device),
-        max_steps=10_000,
-        callbacks=callbacks,
-        enable_checkpointing=arm != "host copy",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=workdir,
-        use_distributed_sampler=False,
-    )
     try:
         with quiet():
+            trainer = pl.Trainer(
+                accelerator="gpu" if device == "cuda" else "cpu",
+                devices=1,
+                precision=precision_for(device),
+                max_steps=10_000,
+                callbacks=callbacks,
+                enable_checkpointing=arm != "host copy",
+                logger=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+                limit_val_batches=0,
+                default_root_dir=workdir,
+                use_distributed_sampler=False,
+            )
             trainer.fit(model, datamodule=data)
         if arm == "project":
             target.wait_for_writes()

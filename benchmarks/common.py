@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 import yaml
 
+#: The 1-minute load average when the benchmark started (other work on the machine skews the timings).
+_load_at_start: float | None = None
+
 #: Loggers that would print a line per run (model summary, "GPU available", checkpoint saved...).
 _CHATTY_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric", "lightning_app")
 
@@ -33,16 +36,23 @@ def make_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train (auto: cuda when present)"
     )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice, one per core)")
     return parser
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse ``argv`` and resolve ``--device auto``; ``--device cuda`` without a GPU is an error."""
+    global _load_at_start
+    with contextlib.suppress(OSError, AttributeError):
+        _load_at_start = os.getloadavg()[0]
     args = parser.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the processes a benchmark starts
     return args
 
 
@@ -98,7 +108,7 @@ def _looks_numeric(text: str) -> bool:
 
 
 def machine_line(device: str) -> str:
-    """``2 CPU cores (Intel Xeon ...), 23 GiB RAM, torch 2.13.0, pytorch-lightning 2.6.6, load average 0.4``."""
+    """``2 CPU cores (Intel Xeon ...), 23 GiB RAM, torch 2.13.0 (2 threads), pytorch-lightning 2.6.6, ...``."""
     import pytorch_lightning as pl
 
     parts = [f"{os.cpu_count()} CPU cores ({_cpu_model()})"]
@@ -106,9 +116,9 @@ def machine_line(device: str) -> str:
         parts.append(f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM")
     if device == "cuda":
         parts.append(f"GPU {torch.cuda.get_device_name()}")
-    parts += [f"torch {torch.__version__}", f"pytorch-lightning {pl.__version__}"]
-    with contextlib.suppress(OSError, AttributeError):
-        parts.append(f"load average {os.getloadavg()[0]:.1f}")
+    parts += [f"torch {torch.__version__} ({torch.get_num_threads()} threads)", f"pytorch-lightning {pl.__version__}"]
+    if _load_at_start is not None:
+        parts.append(f"load average {_load_at_start:.1f} at start")
     return ", ".join(parts)
 
 

@@ -1,12 +1,14 @@
 """Throughput: tokens/s of ``python -m lightning_app fit`` versus a plain PyTorch loop, side by side.
 
-Both arms train the same ``TransformerLM`` on the same synthetic data, batch, precision and optimizer (AdamW,
+All arms train the same ``TransformerLM`` on the same synthetic data, batch, precision and optimizer (AdamW,
 fused, the module's two parameter groups and warmup-cosine schedule; SDPA attention in the model itself):
 
 - **plain loop**: a ``DataLoader`` over the same dataset, ``torch.autocast`` on GPU, nothing else.
 - **fit**: the project's CLI (``TrainingCLI``, run in this process from a YAML config) with all its callbacks:
-  ``KaggleModelCheckpoint`` saving a step checkpoint every ``--every-n-steps`` steps, ``KaggleDatasetSync``
-  publishing each to a ``DirectoryStore``, the CSV logger and the progress bar (drawn into ``/dev/null``).
+  ``KaggleModelCheckpoint``, ``KaggleDatasetSync`` publishing to a ``DirectoryStore``, the CLI's logger and
+  progress bar (drawn into ``/dev/null``); no checkpoint falls inside the timed steps.
+- **fit + saves**: the same with a step checkpoint every ``--every-n-steps`` steps, each also published, inside
+  the timed steps: what the checkpoint copy and the background writer and publisher cost the loop.
 
 Each arm reads the clock (after ``torch.cuda.synchronize`` on GPU) at the end of step ``warmup`` and of step
 ``warmup + steps``: start-up, compilation and the first steps are left out. The arms alternate ``--repeats``
@@ -73,7 +75,7 @@ class Setting:
         seq_len: tokens per sequence.
         warmup: steps left out of the timing.
         steps: timed steps.
-        every_n_steps: the fit arm's step-checkpoint (and publish) interval.
+        every_n_steps: the step-checkpoint (and publish) interval of the "fit + saves" arm.
         compile: run the model through ``torch.compile`` in both arms.
         overrides: ``(field, value)`` pairs that override the size preset (``d_model``, ``n_layers``...).
     """
@@ -83,7 +85,7 @@ class Setting:
     seq_len: int
     warmup: int
     steps: int
-    every_n_steps: int
+    every_n_steps: int | None
     compile: bool = False
     overrides: tuple[tuple[str, int], ...] = ()
 
@@ -94,12 +96,14 @@ class Setting:
     @property
     def saves_timed(self) -> int:
         """Step checkpoints the fit arm writes inside the timed steps."""
+        if not self.every_n_steps:
+            return 0
         first, last = self.warmup, self.warmup + self.steps  # saves run after the timer's hook at the same step
         return sum(1 for step in range(first, last) if step > 0 and step % self.every_n_steps == 0)
 
 
 SETTINGS: dict[tuple[str, bool], list[Setting]] = {
-    ("cpu", False): [Setting("tiny", 32, 128, 10, 150, 75), Setting("small", 8, 128, 3, 24, 12)],
+    ("cpu", False): [Setting("tiny", 16, 128, 10, 80, 40), Setting("small", 4, 128, 3, 20, 10)],
     ("cuda", False): [Setting("small", 32, 512, 20, 200, 100), Setting("base", 16, 1024, 20, 100, 50)],
     ("cpu", True): [Setting("tiny", 8, 32, 2, 6, 3)],
     ("cuda", True): [Setting("tiny", 8, 32, 2, 6, 3)],
@@ -223,31 +227,35 @@ def fit_arm(setting: Setting, device: str, precision: str, workdir: Path) -> flo
     return timer.seconds
 
 
-def measure(setting: Setting, device: str, repeats: int, workdir: Path) -> list[object]:
-    """One table row: both arms, alternated ``repeats`` times (the first arm alternates too)."""
+ARMS = ("plain", "fit", "fit + saves")
+
+
+def measure(setting: Setting, device: str, repeats: int, workdir: Path) -> tuple[list[object], dict[str, float]]:
+    """One table row, and each arm's median tokens/s: the arms alternate ``repeats`` times (their order rotates)."""
     precision = precision_for(device)
-    plain, fit = [], []
+    seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for repeat in range(repeats):
-        arms = [("plain", plain), ("fit", fit)]
-        for name, times in arms if repeat % 2 == 0 else arms[::-1]:
-            if name == "plain":
-                times.append(plain_loop(setting, device, precision))
-            else:
-                times.append(fit_arm(setting, device, precision, workdir / f"{setting.size}-{repeat}"))
-    rate = setting.steps * setting.tokens_per_step
-    ratios = [p / f for p, f in zip(plain, fit)]  # = fit tok/s / plain tok/s, pair by pair
-    name = setting.size + (" (torch.compile)" if setting.compile else "")
-    return [
-        name,
+        for arm in ARMS[repeat % 3 :] + ARMS[: repeat % 3]:
+            if arm == "plain":
+                seconds[arm].append(plain_loop(setting, device, precision))
+                continue
+            arm_setting = setting if arm == "fit + saves" else replace(setting, every_n_steps=None)
+            seconds[arm].append(fit_arm(arm_setting, device, precision, workdir / f"{setting.size}-{repeat}"))
+    tokens = setting.steps * setting.tokens_per_step
+    cells = [
+        setting.size + (" (torch.compile)" if setting.compile else ""),
         precision,
         f"{setting.batch_size}x{setting.seq_len}",
         f"{setting.steps} (+{setting.warmup})",
-        f"{setting.saves_timed} (every {setting.every_n_steps})",
-        f"{rate / median(plain):,.0f}",
-        f"{rate / median(fit):,.0f}",
-        f"{median(ratios):.3f}",
-        spread(ratios, 3),
+        f"{tokens / median(seconds['plain']):,.0f}",
     ]
+    for arm in ARMS[1:]:
+        ratios = [p / f for p, f in zip(seconds["plain"], seconds[arm])]  # = fit tok/s / plain tok/s, pair by pair
+        cells += [f"{tokens / median(seconds[arm]):,.0f}", f"{median(ratios):.3f} ({spread(ratios, 3)})"]
+    saves = setting.saves_timed
+    lost = (median(seconds["fit + saves"]) - median(seconds["fit"])) / saves if saves else float("nan")
+    cells += [f"{saves} (every {setting.every_n_steps})", f"{lost:.2f}"]
+    return cells, {arm: tokens / median(times) for arm, times in seconds.items()}
 
 
 HEADERS = (
@@ -255,11 +263,13 @@ HEADERS = (
     "precision",
     "batch x seq",
     "timed steps (+warm-up)",
-    "checkpoints + publishes timed",
     "plain loop tok/s",
     "fit tok/s",
-    "fit / plain",
-    "range",
+    "fit / plain (range)",
+    "fit + saves tok/s",
+    "fit + saves / plain (range)",
+    "saves timed",
+    "loop s lost / save",
 )
 
 
@@ -274,25 +284,42 @@ def main(argv: Sequence[str] | None = None) -> None:
     repeats = args.repeats or (1 if args.quick else 3)
     settings = SETTINGS[(args.device, args.quick)]
     if args.sizes:
-        known = {s.size: s for s in SETTINGS[(args.device, False)] + SETTINGS[(args.device, True)]}
+        # This mode's settings win; a size it lacks takes the other mode's, or the first setting's batch.
+        known = {s.size: s for s in SETTINGS[(args.device, not args.quick)] + SETTINGS[(args.device, args.quick)]}
         settings = [known.get(size) or replace(settings[0], size=size) for size in args.sizes]
     if args.every_n_steps:
         settings = [replace(s, every_n_steps=args.every_n_steps) for s in settings]
     if args.compile:
         compiled = [replace(s, compile=True) for s in settings]
         settings = compiled if args.no_eager else [x for pair in zip(settings, compiled) for x in pair]
-    rows = []
+    rows, rates = [], {}
     with tempfile.TemporaryDirectory(prefix="bench-throughput-") as tmp:
         for setting in settings:
-            rows.append(measure(setting, args.device, repeats, Path(tmp)))
+            row, rates[setting] = measure(setting, args.device, repeats, Path(tmp))
+            rows.append(row)
     notes = [
-        f"Medians of {repeats} alternated runs per arm. fit = `python -m lightning_app fit` (in-process) with "
-        "KaggleModelCheckpoint step checkpoints and KaggleDatasetSync publishing each to a DirectoryStore, the "
-        "CSV logger (every 10 steps) and the progress bar; plain loop = the same model, data, batch, precision "
-        "and fused AdamW, nothing else. Goal: fit / plain >= 0.98."
+        f"Medians of {repeats} alternated runs per arm; ratios are medians of the run-by-run ratios. plain loop = "
+        "the model, data, batch, precision and fused AdamW, nothing else. fit = `python -m lightning_app fit` "
+        "(in-process, the CLI's logger every 10 steps and its progress bar) with KaggleModelCheckpoint and "
+        "KaggleDatasetSync publishing to a DirectoryStore, no save inside the timed steps; fit + saves = the same "
+        "with step checkpoints, each also published, inside the timed steps; loop s lost / save = (fit + saves "
+        "time - fit time) / saves, the training time one checkpoint + publish costs (amortise it over your "
+        "checkpoint interval). Goal: fit / plain >= 0.98."
     ]
+    notes += _compile_notes(rates)
     command = command_line("benchmarks.throughput", argv)
     print_report("Throughput", args.device, command, markdown_table(HEADERS, rows), notes)
+
+
+def _compile_notes(rates: dict[Setting, dict[str, float]]) -> list[str]:
+    """``torch.compile`` speed-up per size, where both an eager and a compiled row were measured."""
+    notes = []
+    for setting, compiled in rates.items():
+        eager = rates.get(replace(setting, compile=False)) if setting.compile else None
+        if eager is not None:
+            ratios = ", ".join(f"{arm} {compiled[arm] / eager[arm]:.2f}x" for arm in ARMS)
+            notes.append(f"torch.compile / eager tokens/s for {setting.size} (medians): {ratios}.")
+    return notes
 
 
 if __name__ == "__main__":

@@ -168,7 +168,7 @@ def _row(label: str, ours, theirs) -> list[object]:
 
 def _totals(project: list, seed: list) -> list[object]:
     ours, theirs = sum(v.bytes_uploaded for v in project), sum(v.bytes_uploaded for v in seed)
-    return ["total", f"{ours / 1e6:.2f}", "", f"{theirs / 1e6:.2f}", "", f"{theirs / ours:.1f}x" if ours else "-"]
+    return ["total", f"{ours / 1e6:.2f}", "-", f"{theirs / 1e6:.2f}", "-", f"{theirs / ours:.1f}x" if ours else "-"]
 
 
 def _checkpoint_mb(project: list) -> float:

@@ -91,6 +91,7 @@ class LanguageModel(pl.LightningModule):
         self.val_perplexity = Perplexity()
         self.val_accuracy = MulticlassAccuracy(num_classes=self.config.vocab_size, average="micro")
         self._rng_to_restore: dict | None = None
+        self._train_loss = torch.zeros(())  # the last training step's loss, detached
 
     def settings(self) -> dict[str, object]:
         """The resolved architecture: what a checkpoint must share with a run that resumes from it."""
@@ -109,21 +110,20 @@ class LanguageModel(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        if self._logs_this_step():
-            # A CPU copy: after every step Lightning turns each progress-bar value into a Python number, which for a
-            # GPU tensor waits for the GPU. This way only the steps the logger writes wait (once, here).
-            self.log("train_loss", loss.detach().to("cpu"), prog_bar=True)
+        self._train_loss = loss.detach()
         return loss
 
-    def _logs_this_step(self) -> bool:
-        """True on the steps whose metrics the logger writes (``--trainer.log_every_n_steps``).
-
-        ``self.log`` costs Python work every call; on the other steps the progress bar keeps the last value.
-        """
+    def on_train_batch_end(self, outputs, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        # Logged here rather than in training_step: only on the steps the logger writes (``self.log`` costs Python
+        # work per call; between them the progress bar shows the last value), and after the callbacks, so that a
+        # step where one of them stopped training (which the logger also writes) is logged too. As a CPU copy:
+        # after every step Lightning turns each progress-bar value into a number, which for a GPU tensor would
+        # wait for the GPU each step; this way only the logged steps wait.
         trainer = self.trainer
         every = trainer.log_every_n_steps
-        # Lightning writes when (optimizer steps so far + 1) % every == 0, counted before this step's update.
-        return every <= 1 or (self.global_step + 1) % every == 0 or trainer.should_stop or bool(trainer.fast_dev_run)
+        # global_step counts this step's update already: Lightning writes when it is a multiple of `every`.
+        if every <= 1 or self.global_step % every == 0 or trainer.should_stop or trainer.fast_dev_run:
+            self.log("train_loss", self._train_loss.to("cpu"), prog_bar=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss(batch)
@@ -141,8 +141,8 @@ class LanguageModel(pl.LightningModule):
         decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        # Fused: one kernel for all parameters. On CPU the default is a Python loop over the parameters (torch picks
-        # foreach only for CUDA), a few ms per step for a small model; torch has a fused CPU AdamW since 2.4.
+        # Fused: one pass over all parameters. Off CUDA, torch's default is a loop over the parameters (65 ms per
+        # step for `small` on 2 CPU cores, 12 ms fused; benchmarks/README.md); fused AdamW runs on CPU since 2.4.
         fused = self.device.type == "cuda" or (self.device.type == "cpu" and torch.__version__ >= (2, 4))
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, hp.beta2), fused=fused)
         schedule = WarmupCosine(hp.warmup_steps, self._total_training_steps(), hp.min_lr_ratio)

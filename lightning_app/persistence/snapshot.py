@@ -78,7 +78,8 @@ class HostSnapshot:
     def copy(self, state: object) -> object:
         aliases: dict[tuple, torch.Tensor] = {}
         copied = self._copy(state, (), aliases)
-        if any(t.is_cuda for t in aliases.values()):
+        # The keys hold the source devices (the values are the host buffers, never on the GPU).
+        if any(source_device.type == "cuda" for source_device, *_ in aliases):
             torch.cuda.synchronize()  # the non_blocking copies must land before the writer reads the buffers
         return copied
 

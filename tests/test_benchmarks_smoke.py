@@ -1,0 +1,75 @@
+"""Each benchmark runs in ``--quick`` mode and prints its table: a test that the commands work, not of any timing."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import checkpoint_stall, restore_time, throughput, upload_volume
+from benchmarks.common import markdown_table
+from tests.cli_helpers import REPO
+
+RATIO = re.compile(r"\d+\.\d+x?")
+
+
+def _table(out: str) -> list[list[str]]:
+    """The markdown table's rows (header first, rule left out), as lists of stripped cells."""
+    rows = [line for line in out.splitlines() if line.startswith("|")]
+    assert len(rows) >= 3, out
+    return [[cell.strip() for cell in row.strip("|").split("|")] for i, row in enumerate(rows) if i != 1]
+
+
+def _report(capsys, main, title: str) -> list[list[str]]:
+    main(["--quick", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert f"### {title}" in out and "Machine: " in out and "--quick" in out
+    return _table(out)
+
+
+def test_throughput_quick(capsys):
+    header, *rows = _report(capsys, throughput.main, "Throughput")
+    row = dict(zip(header, rows[0]))
+    assert row["model"] == "tiny" and float(row["plain loop tok/s"].replace(",", "")) > 0
+    assert RATIO.match(row["fit / plain (range)"]) and RATIO.match(row["fit + saves / plain (range)"])
+
+
+def test_checkpoint_stall_quick(capsys):
+    header, *rows = _report(capsys, checkpoint_stall.main, "Checkpoint stall")
+    assert [r[0] for r in rows] == ["host copy (bare)", "project: KaggleModelCheckpoint", "stock: ModelCheckpoint"]
+    for row in rows:
+        cells = dict(zip(header, row))
+        assert float(cells["blocked s / save (median)"]) > 0 and RATIO.fullmatch(cells["vs host copy"])
+    assert float(dict(zip(header, rows[1]))["background write s"]) > 0
+
+
+@pytest.mark.slow
+def test_upload_volume_quick(capsys):
+    header, *rows = _report(capsys, upload_volume.main, "Upload volume")
+    versions = [dict(zip(header, r)) for r in rows if r[0] != "total"]
+    assert [v["version"] for v in versions] == ["1", "2", "3"]
+    project = [float(v["project MB sent"]) for v in versions]
+    seed = [float(v["seed MB sent"]) for v in versions]
+    assert max(project) == pytest.approx(min(project), rel=0.05)  # flat
+    assert seed[2] == pytest.approx(3 * seed[0], rel=0.05)  # the whole folder, one more checkpoint each time
+
+
+@pytest.mark.slow
+def test_restore_time_quick(capsys):
+    header, *rows = _report(capsys, restore_time.main, "Restore time")
+    assert rows[0][0].startswith("fit --resume") and RATIO.match(rows[0][3])
+
+
+def test_the_commands_start():
+    for name in ("throughput", "checkpoint_stall", "upload_volume", "restore_time"):
+        done = subprocess.run(
+            [sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 0 and "--quick" in done.stdout, done.stderr
+
+
+def test_markdown_table_aligns_numbers_right():
+    table = markdown_table(["name", "value"], [["a", "1.5"], ["bb", "10.25x"]])
+    assert table.splitlines() == ["| name |  value |", "|------|-------:|", "| a    |    1.5 |", "| bb   | 10.25x |"]
