@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -20,7 +22,8 @@ from typing_extensions import override
 from callbacks.checkpoint_io import SnapshotCheckpointIO
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
+from lightning_app.persistence.leftovers import clean_folder
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of, training_differences
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
 log = logging.getLogger("lightning_app.checkpoint")
@@ -43,6 +46,11 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     write and the manifest update run in one background thread (see `lightning_app.persistence.snapshot`).
     Components that must act once a file exists (the Kaggle sync) register with `add_listener`; Lightning's
     own hooks run before the file is written.
+
+    Each run has an id, given when it starts fresh and kept in its checkpoints across resumes: retention, the
+    manifest entries and publishing act on this run's checkpoints only, so another run's files in the same
+    folder are never deleted, overwritten or published. A name the folder's manifest has ever held is never
+    given to another checkpoint.
 
     Args:
         dirpath: folder for checkpoints and ``manifest.json`` (on Kaggle: /kaggle/working/checkpoints).
@@ -98,6 +106,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._last_save_time = time.monotonic()
         self._save_requested = False
         self._end_of_epoch = False
+        self.run_id = ""
+        self.training: dict[str, object] = {}
         self.last_saved: SavedCheckpoint | None = None
 
     @property
@@ -107,14 +117,25 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         # make the resumed run drop this callback's state with a warning.
         return "KaggleModelCheckpoint"
 
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "run_id": self.run_id, "training": self.training}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # A checkpoint from before runs had ids continues the id-less history, as it did then.
+        self.run_id = str(state_dict.get("run_id", ""))
+        if differences := training_differences(state_dict.get("training", {}), self.training):
+            log.info(f"Resuming with training settings that differ from the run's: {differences}")
+
     def add_listener(self, listener: Callable[[SavedCheckpoint], None]) -> None:
         """Call ``listener`` (in the writer thread, global rank 0 only) each time a checkpoint file is complete."""
         self._listeners.append(listener)
 
     def request_save(self) -> None:
-        """Save at the next step boundary, whatever the schedule says (used by the deadline and signals).
-
-        Every rank must call it for the same step under DDP.
+        """Save at the next step boundary, or at the end of the epoch on its last batch, whatever
+        ``every_n_epochs`` says (used by the deadline and signals). Every rank must call it for the same step.
         """
         self._save_requested = True
 
@@ -132,10 +153,15 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         super().setup(trainer, pl_module, stage)
         settings = getattr(pl_module, "settings", None)
         self.settings = dict(settings()) if callable(settings) else {}
+        self.training = training_config(trainer, pl_module)
         folder = Path(self.dirpath)
+        # A fresh id; a resumed run gets its own back from the checkpoint (`load_state_dict` runs after setup).
+        self.run_id = trainer.strategy.broadcast(uuid.uuid4().hex[:12])
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
             self._manifest = Manifest.load(folder) or Manifest()
+            if stage == "fit" and (cleanup := clean_folder(folder, self._manifest)).describe():
+                log.info(f"{folder}: {cleanup.describe()}")
         # The default IO writes inline; swap in the snapshot writer. A user's own IO plugin is left alone.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = SnapshotCheckpointIO(self._writer)
@@ -150,11 +176,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         if self._should_skip_saving_checkpoint(trainer):
             return
-        # The epoch-end save covers the last batch. A step save here would restore an exhausted loader, and the
-        # resumed run would skip the next epoch.
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and not last_batch:
             return  # mid-accumulation: the gradients so far are not in any checkpoint
         due = self._save_requested
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
@@ -162,8 +185,18 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         if self.time_interval is not None:
             elapsed = time.monotonic() - self._last_save_time
             due = trainer.strategy.broadcast(due or elapsed >= self.time_interval.total_seconds())
-        if due:
+        if due and last_batch:
+            # A step save here would restore an exhausted loader and the resumed run would skip the next epoch:
+            # the save happens at the epoch's end instead, whatever `every_n_epochs` says.
+            self._save_requested = True
+        elif due:
             self.save_now(trainer)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)  # the scheduled epoch save, if this epoch has one
+        if self._save_requested:  # asked for on the last batch (a signal, the deadline, the step or time trigger)
+            self.save_now(trainer, end_of_epoch=True)
 
     def save_now(self, trainer: pl.Trainer, end_of_epoch: bool = False) -> None:
         """Save a checkpoint of the current state (every rank must call it)."""
@@ -187,6 +220,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             global_step=trainer.global_step,
             timestamp=name[len(self.FILE_PREFIX) :].split("_", 1)[1].removesuffix(".ckpt"),
             end_of_epoch=self._end_of_epoch,
+            run_id=self.run_id,
+            training=self.training,
             metrics=_plain_metrics(trainer.callback_metrics),
             settings=self.settings,
         )
@@ -203,9 +238,10 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         base = f"{self.FILE_PREFIX}{trainer.current_epoch}_{stamp}"
         with self._lock:
-            taken = set(self._manifest.entries) | {Path(p).name for p in self._pending}
+            pending = {Path(p).name for p in self._pending}
+            manifest = self._manifest
         name, seq = f"{base}.ckpt", 0
-        while name in taken or (Path(self.dirpath) / name).exists():
+        while name in pending or manifest.ever_held(name) or (Path(self.dirpath) / name).exists():
             seq += 1
             name = f"{base}-{seq:02d}.ckpt"
         return Path(self.dirpath) / name
@@ -237,7 +273,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     def _apply_retention(self, folder: Path) -> None:
         if self.keep_last is None:
             return
-        for old in self._manifest.newest_first()[self.keep_last :]:
+        for old in self._manifest.newest_first(self.run_id)[self.keep_last :]:
             (folder / old.file).unlink(missing_ok=True)
             self._manifest.discard(old.file)
 
@@ -259,6 +295,24 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._writer.wait()
+
+
+def training_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:
+    """The resolved settings a run trains with besides its architecture: the model's and the data's
+    hyperparameters, the seed and how the trainer steps; plain values only (a manifest is JSON)."""
+    config: dict[str, object] = {f"model.{k}": v for k, v in pl_module.hparams.items()}
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        config.update({f"data.{k}": v for k, v in datamodule.hparams.items()})
+    config.update(
+        {
+            "seed": os.environ.get("PL_GLOBAL_SEED"),
+            "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
+            "trainer.precision": str(trainer.precision),
+            "trainer.world_size": trainer.world_size,
+        }
+    )
+    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v) for k, v in sorted(config.items())}
 
 
 def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:

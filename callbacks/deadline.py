@@ -150,8 +150,12 @@ class SessionDeadline(Callback):
         self.stopped_because = reason
         trainer.should_stop = True
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if self._checkpoint is not None and not last_batch:
-            self._checkpoint.save_now(trainer)  # on the last batch, the epoch-end save covers this step
+        if self._checkpoint is not None:
+            # On the last batch the save happens at the epoch's end, whatever `every_n_epochs` says.
+            if last_batch:
+                self._checkpoint.request_save()
+            else:
+                self._checkpoint.save_now(trainer)
         if not trainer.is_global_zero:
             return
         wait = self.signal_timeout if reason == "signal" else max(1.0, (self.remaining_seconds() or 0) - 1.0)

@@ -132,7 +132,9 @@ class KaggleDatasetSync(Callback):
         if self.publisher is None:
             return
         manifest = Manifest.load(saved.folder) or Manifest([saved.entry])
-        staged, files = stage_version(saved.folder, manifest, self.upload_last, saved.folder / STAGING_DIR)
+        staged, files = stage_version(
+            saved.folder, manifest, self.upload_last, saved.folder / STAGING_DIR, saved.entry.run_id
+        )
         self.publisher.submit(PublishJob(staged, version_notes(saved.entry), saved.entry))
 
     def status(self) -> str:

@@ -10,7 +10,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from lightning_app.persistence.candidates import Candidate, newest_first, verify
+from lightning_app.errors import ConfigError
+from lightning_app.persistence.candidates import Candidate, newest_first, run_label, verify
 from lightning_app.persistence.restore import RestoreOptions, collect
 
 
@@ -23,7 +24,7 @@ def _when(timestamp: str) -> str:
 
 def render(candidates: list[Candidate], chosen: Candidate | None) -> str:
     """A plain-text table, newest first; ``*`` marks the one ``--resume`` would take."""
-    header = ("", "source", "file", "epoch", "step", "time (UTC)", "size", "val_loss", "verified")
+    header = ("", "run", "source", "file", "epoch", "step", "time (UTC)", "size", "val_loss", "verified")
     rows = [header]
     for c in newest_first(candidates):
         if c.verified is None:
@@ -32,6 +33,7 @@ def render(candidates: list[Candidate], chosen: Candidate | None) -> str:
         rows.append(
             (
                 "*" if c is chosen else "",
+                c.entry.run_id or "-",
                 c.source,
                 c.path.name,
                 str(c.entry.epoch),
@@ -56,6 +58,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dataset", help="OWNER/SLUG of the sync dataset: also list its newest version (downloads it)")
     parser.add_argument("--version", type=int, help="with --dataset: this version instead of the newest")
     parser.add_argument("--directory", help="a directory store (--sync.directory) instead of Kaggle")
+    parser.add_argument("--run", help="the run --resume should continue (--restore.run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -68,10 +71,14 @@ def main(argv: list[str]) -> int:
         from lightning_app.persistence.kaggle_store import KaggleDatasetStore
 
         store = KaggleDatasetStore(args.dataset)
-    options = RestoreOptions(input_dir=args.input_dir, download=store is not None, version=args.version)
+    options = RestoreOptions(input_dir=args.input_dir, download=store is not None, version=args.version, run=args.run)
     download_dir = Path(tempfile.mkdtemp(prefix="lightning-app-checkpoints-"))
     try:
-        inventory = collect(Path(args.dirpath), options, store, download_dir)
+        try:
+            inventory = collect(Path(args.dirpath), options, store, download_dir)
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         if not inventory.candidates:
             print(f"No checkpoints found in {args.dirpath} or {args.input_dir}: `fit --resume` would start fresh.")
             return 0
@@ -79,7 +86,8 @@ def main(argv: list[str]) -> int:
         if inventory.chosen is None:
             print("\nNo checkpoint verifies: `fit --resume` would start fresh.")
         else:
-            print(f"\n* `fit --resume` would continue from {inventory.chosen.describe()} ({inventory.chosen.source})")
+            chosen = inventory.chosen
+            print(f"\n* `fit --resume` would continue {run_label(chosen.entry.run_id)} from {chosen.describe()}")
     finally:
         shutil.rmtree(download_dir, ignore_errors=True)
     return 0

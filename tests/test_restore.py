@@ -53,11 +53,12 @@ def test_the_newest_source_wins_whatever_the_order(tmp_path, order):
     assert {c.source for c in inventory.candidates} == {"local", "input", "remote"}
 
 
-def test_ties_break_on_epoch_then_timestamp(tmp_path):
+def test_the_most_recently_written_wins_then_the_higher_step(tmp_path):
+    """A run resumed from an older checkpoint goes on from where it was resumed, not from its abandoned future."""
     folder = tmp_path / "ckpt"
     make_checkpoint(folder, 1, 50, stamp="20261126-010000")
-    newer = make_checkpoint(folder, 1, 50, stamp="20261126-020000")
-    make_checkpoint(folder, 0, 40, stamp="20261127-000000")
+    make_checkpoint(folder, 1, 60, stamp="20261126-020000")
+    newer = make_checkpoint(folder, 0, 40, stamp="20261127-000000")
     assert collect(folder, RestoreOptions(input_dir=str(tmp_path / "none"))).chosen.path == newer
 
 

@@ -20,6 +20,9 @@ from lightning_app.persistence.manifest import (
 
 log = logging.getLogger("lightning_app.restore")
 
+#: Where a checkpoint file keeps ``KaggleModelCheckpoint``'s state (its ``state_key``), ``run_id`` included.
+CALLBACK_STATE_KEY = "KaggleModelCheckpoint"
+
 
 @dataclass
 class Candidate:
@@ -33,14 +36,14 @@ class Candidate:
     origin: str = ""  # where it came from, for the log, when its path does not say (a download)
 
     @property
-    def order_key(self) -> tuple[int, int, str]:
+    def order_key(self) -> tuple[str, int, str]:
         return self.entry.order_key
 
     def describe(self) -> str:
         return f"{self.path.name} (epoch {self.entry.epoch}, step {self.entry.global_step})"
 
 
-def _entry_from_file(path: Path) -> CheckpointEntry | None:
+def entry_from_file(path: Path) -> CheckpointEntry | None:
     """Build an entry for a checkpoint with no manifest by loading it (memory-mapped: only what is read)."""
     parsed = parse_checkpoint_name(path.name)
     if parsed is None:
@@ -50,10 +53,11 @@ def _entry_from_file(path: Path) -> CheckpointEntry | None:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         step = int(ckpt.get("global_step", -1))
         settings = _settings_from_hparams(ckpt.get("hyper_parameters", {}))
+        run_id = str(ckpt.get("callbacks", {}).get(CALLBACK_STATE_KEY, {}).get("run_id", ""))
     except Exception as error:  # noqa: BLE001 - an unreadable file is not a candidate
         log.warning(f"Skipping {path}: it does not load ({type(error).__name__}: {error})")
         return None
-    return CheckpointEntry(path.name, epoch, step, timestamp, path.stat().st_size, settings=settings)
+    return CheckpointEntry(path.name, epoch, step, timestamp, path.stat().st_size, run_id=run_id, settings=settings)
 
 
 def _settings_from_hparams(hparams: dict) -> dict[str, object]:
@@ -71,7 +75,7 @@ def scan_folder(folder: Path, source: str) -> list[Candidate]:
             found.append(Candidate(source, path, entry, in_manifest=True))
     for path in sorted(folder.glob(CHECKPOINT_GLOB)):
         if path.name not in manifest.entries and path.is_file():
-            entry = _entry_from_file(path)
+            entry = entry_from_file(path)
             if entry is not None:
                 found.append(Candidate(source, path, entry, in_manifest=False, verified=True))
     return found
@@ -105,7 +109,8 @@ def verify(candidate: Candidate) -> str | None:
 
 
 def newest_first(candidates: list[Candidate]) -> list[Candidate]:
-    """Newest by global step, then epoch, then timestamp; a local copy wins a tie with the same file elsewhere."""
+    """Most recently written first (see `CheckpointEntry.order_key`); a local copy wins a tie with the same file
+    elsewhere."""
     preference = {"local": 2, "input": 1, "remote": 0}
     return sorted(candidates, key=lambda c: (c.order_key, preference.get(c.source, 0)), reverse=True)
 
@@ -119,3 +124,15 @@ def first_verified(candidates: list[Candidate]) -> Candidate | None:
             return candidate
         log.warning(f"Skipping {candidate.path}: {problem}; trying the next newest checkpoint")
     return None
+
+
+def runs_newest_first(candidates: list[Candidate]) -> list[list[Candidate]]:
+    """Candidates grouped by run, the run checkpointed most recently first; each run's own newest first."""
+    runs: dict[str, list[Candidate]] = {}
+    for candidate in newest_first(candidates):
+        runs.setdefault(candidate.entry.run_id, []).append(candidate)
+    return list(runs.values())  # dicts keep insertion order: each run's newest decides its place
+
+
+def run_label(run_id: str) -> str:
+    return f"run {run_id}" if run_id else "a run from before run ids"

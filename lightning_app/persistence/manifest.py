@@ -5,7 +5,12 @@ The manifest sits beside the checkpoints and is rewritten atomically after every
     {"format": 1,
      "checkpoints": [{"file": "kaggle_epoch_2_20261126-031500.ckpt", "epoch": 2, "global_step": 96,
                       "timestamp": "20261126-031500", "size": 1234, "sha256": "...",
-                      "metrics": {"val_loss": 1.39}, "settings": {"pe_type": "rope", ...}}]}
+                      "run_id": "3f2a9c01d4e5", "metrics": {"val_loss": 1.39},
+                      "settings": {"pe_type": "rope", ...}}],
+     "retired": ["kaggle_epoch_0_20261126-011500.ckpt"]}
+
+``run_id`` names the run a checkpoint belongs to (given when a run starts fresh, kept across resumes);
+``retired`` lists the names retention deleted, so that no later checkpoint in the folder is given one of them.
 """
 
 from __future__ import annotations
@@ -34,13 +39,16 @@ class CheckpointEntry:
     size: int = 0
     sha256: str = ""
     end_of_epoch: bool = False
+    run_id: str = ""  # empty for checkpoints written before runs had ids
+    training: dict[str, object] = field(default_factory=dict)  # the resolved training settings of the run
     metrics: dict[str, float] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
 
     @property
-    def order_key(self) -> tuple[int, int, str]:
-        """Newest wins by global step, then epoch, then timestamp (the file name breaks exact ties)."""
-        return (self.global_step, self.epoch, self.timestamp + "|" + self.file)
+    def order_key(self) -> tuple[str, int, str]:
+        """Newest is the most recently written, to the second (a run resumed from an older checkpoint goes on from
+        there), then the higher step; the timestamp's ``-NN`` suffix and the file name break exact ties."""
+        return (self.timestamp[:15], self.global_step, self.timestamp + "|" + self.file)
 
     @classmethod
     def from_dict(cls, data: dict) -> CheckpointEntry:
@@ -79,8 +87,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 class Manifest:
     """The entries of one checkpoint folder, keyed by file name."""
 
-    def __init__(self, entries: list[CheckpointEntry] | None = None) -> None:
+    def __init__(self, entries: list[CheckpointEntry] | None = None, retired: set[str] | None = None) -> None:
         self.entries: dict[str, CheckpointEntry] = {e.file: e for e in entries or []}
+        self.retired: set[str] = set(retired or ())
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Manifest | None:
@@ -88,7 +97,8 @@ class Manifest:
         path = Path(folder) / MANIFEST_NAME
         try:
             data = json.loads(path.read_text())
-            return cls([CheckpointEntry.from_dict(e) for e in data.get("checkpoints", [])])
+            entries = [CheckpointEntry.from_dict(e) for e in data.get("checkpoints", [])]
+            return cls(entries, set(data.get("retired", [])))
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
@@ -99,16 +109,24 @@ class Manifest:
 
     def to_json(self) -> str:
         ordered = sorted(self.entries.values(), key=lambda e: e.order_key)
-        return json.dumps({"format": FORMAT, "checkpoints": [asdict(e) for e in ordered]}, indent=2) + "\n"
+        data = {"format": FORMAT, "checkpoints": [asdict(e) for e in ordered], "retired": sorted(self.retired)}
+        return json.dumps(data, indent=2) + "\n"
 
     def add(self, entry: CheckpointEntry) -> None:
         self.entries[entry.file] = entry
 
     def discard(self, file: str) -> None:
-        self.entries.pop(file, None)
+        """Forget ``file`` (its checkpoint was deleted); its name is never given to another checkpoint here."""
+        if self.entries.pop(file, None) is not None:
+            self.retired.add(file)
 
-    def newest_first(self) -> list[CheckpointEntry]:
-        return sorted(self.entries.values(), key=lambda e: e.order_key, reverse=True)
+    def ever_held(self, file: str) -> bool:
+        return file in self.entries or file in self.retired
+
+    def newest_first(self, run_id: str | None = None) -> list[CheckpointEntry]:
+        """Entries newest first; only those of run ``run_id`` when given."""
+        entries = [e for e in self.entries.values() if run_id is None or e.run_id == run_id]
+        return sorted(entries, key=lambda e: e.order_key, reverse=True)
 
     def subset(self, files: list[str]) -> Manifest:
         return Manifest([self.entries[f] for f in files if f in self.entries])
@@ -120,3 +138,9 @@ def settings_mismatch(saved: dict[str, object], requested: dict[str, object]) ->
         if key in saved and key in requested and saved[key] != requested[key]:
             return f"{key}: checkpoint has {saved[key]!r}, this run asks for {requested[key]!r}"
     return None
+
+
+def training_differences(saved: dict[str, object], requested: dict[str, object]) -> str:
+    """``"model.lr 0.0003 -> 0.001, data.batch_size 8 -> 16"``: the settings both name with different values."""
+    changed = [k for k in sorted(set(saved) & set(requested)) if saved[k] != requested[k]]
+    return ", ".join(f"{k} {saved[k]!r} -> {requested[k]!r}" for k in changed)

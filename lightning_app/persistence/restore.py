@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightning_app.errors import ConfigError
-from lightning_app.persistence.candidates import Candidate, first_verified, newest_first, scan_folder, scan_tree, verify
+from lightning_app.persistence.candidates import (
+    Candidate,
+    first_verified,
+    newest_first,
+    run_label,
+    runs_newest_first,
+    scan_folder,
+    scan_tree,
+    verify,
+)
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest, parse_checkpoint_name, settings_mismatch
 from lightning_app.persistence.store_protocol import CheckpointStore, NotFoundError, StoreError
 
@@ -31,19 +40,23 @@ class RestoreOptions:
             ``/kaggle/input/datasets/<owner>/<slug>/``); read-only, never written.
         download: also fetch the newest version of the sync dataset through the API when credentials are found.
         version: download this dataset version instead of the newest.
+        run: continue this run (its id, as ``python -m lightning_app checkpoints`` shows it) instead of the one
+            checkpointed most recently.
     """
 
     input_dir: str = "/kaggle/input"
     download: bool = True
     version: int | None = None
+    run: str | None = None
 
 
 @dataclass
 class Inventory:
-    """Everything ``--resume`` can see, newest first, and the one it would choose."""
+    """Everything ``--resume`` can see, the one it would choose, and the other runs it would leave alone."""
 
     candidates: list[Candidate] = field(default_factory=list)
     chosen: Candidate | None = None
+    left_alone: list[list[Candidate]] = field(default_factory=list)  # other runs, each newest first
     remote_error: str | None = None
 
 
@@ -52,8 +65,10 @@ def collect(
     options: RestoreOptions,
     store: CheckpointStore | None = None,
     download_dir: Path | None = None,
+    settings: dict[str, object] | None = None,
 ) -> Inventory:
-    """All candidates from the three sources; remote files are downloaded into ``download_dir`` when needed."""
+    """All candidates from the three sources (remote files are downloaded into ``download_dir`` when needed), and
+    the choice among those made for ``settings`` (any architecture when None): see `choose`."""
     inventory = Inventory()
     inventory.candidates += scan_folder(checkpoint_dir, "local") if checkpoint_dir.is_dir() else []
     input_dir = Path(options.input_dir)
@@ -65,8 +80,28 @@ def collect(
         except StoreError as error:
             inventory.remote_error = f"{store.description}: {error}"
             log.warning(f"Could not look at {store.description} ({error}); using local and attached checkpoints")
-    inventory.chosen = first_verified(inventory.candidates)
+    inventory.chosen, inventory.left_alone = choose(inventory.candidates, settings, options.run)
     return inventory
+
+
+def choose(
+    candidates: list[Candidate], settings: dict[str, object] | None, run_id: str | None = None
+) -> tuple[Candidate | None, list[list[Candidate]]]:
+    """The newest verified checkpoint of the run checkpointed most recently (of run ``run_id`` when given), among
+    the candidates made for ``settings``; and the other runs, left alone."""
+    matching = [c for c in candidates if settings is None or not settings_mismatch(c.entry.settings, settings)]
+    runs = runs_newest_first(matching)
+    if run_id is not None:
+        picked = [run for run in runs if run[0].entry.run_id == run_id]
+        if not picked:
+            seen = ", ".join(sorted({c.entry.run_id or "(none)" for c in matching})) or "none"
+            raise ConfigError(f"--restore.run: got {run_id!r}; expected one of the runs found: {seen}")
+        runs = picked + [run for run in runs if run is not picked[0]]
+    for index, run in enumerate(runs):
+        chosen = first_verified(run)
+        if chosen is not None or run_id is not None:
+            return chosen, runs[:index] + runs[index + 1 :]
+    return None, runs
 
 
 def _remote_candidates(
@@ -147,27 +182,33 @@ def restore_newest(
     first one has copied or downloaded, the others find its local copy and download nothing.
     """
     with folder_lock(checkpoint_dir):
-        chosen = collect(checkpoint_dir, options, store, checkpoint_dir / ".remote").chosen
+        inventory = collect(checkpoint_dir, options, store, checkpoint_dir / ".remote", settings)
+        chosen = inventory.chosen
         if chosen is None:
+            if inventory.candidates and not any(inventory.left_alone):  # there were checkpoints, none for this model
+                check_settings(newest_first(inventory.candidates)[0], settings)
             return None
+        for run in inventory.left_alone:
+            log.info(
+                f"Left alone: {run_label(run[0].entry.run_id)}, newest {run[0].describe()} in {run[0].path.parent}"
+            )
         try:
-            check_settings(chosen, settings)
             return chosen, make_local(chosen, checkpoint_dir)
         finally:
             shutil.rmtree(checkpoint_dir / ".remote", ignore_errors=True)
 
 
 def explain(candidate: Candidate) -> str:
-    """``Resuming from kaggle_epoch_7_...ckpt (epoch 7, step 5600) found in /kaggle/input/...``."""
-    if candidate.origin:
-        return f"Resuming from {candidate.describe()} downloaded from {candidate.origin}"
-    return f"Resuming from {candidate.describe()} found in {candidate.path.parent}"
+    """``Resuming from kaggle_epoch_7_...ckpt (epoch 7, step 5600) found in /kaggle/input/...: run 3f2a9c01d4e5``."""
+    where = f"downloaded from {candidate.origin}" if candidate.origin else f"found in {candidate.path.parent}"
+    return f"Resuming from {candidate.describe()} {where}: {run_label(candidate.entry.run_id)}"
 
 
 __all__ = [
     "Inventory",
     "RestoreOptions",
     "check_settings",
+    "choose",
     "collect",
     "explain",
     "folder_lock",

@@ -15,12 +15,15 @@ from pathlib import Path
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 
 
-def stage_version(folder: Path, manifest: Manifest, upload_last: int, staging_root: Path) -> tuple[Path, list[str]]:
-    """Link the newest ``upload_last`` checkpoints of ``folder`` and a manifest of just them into a new folder.
+def stage_version(
+    folder: Path, manifest: Manifest, upload_last: int, staging_root: Path, run_id: str | None = None
+) -> tuple[Path, list[str]]:
+    """Link the newest ``upload_last`` checkpoints of ``folder`` (of run ``run_id`` only, when given) and a
+    manifest of just them into a new folder.
 
     Returns the folder and the checkpoint file names in it, newest first.
     """
-    entries: list[CheckpointEntry] = [e for e in manifest.newest_first() if (folder / e.file).is_file()]
+    entries: list[CheckpointEntry] = [e for e in manifest.newest_first(run_id) if (folder / e.file).is_file()]
     chosen = [e.file for e in entries[:upload_last]]
     target = staging_root / f"{Path(chosen[0]).stem if chosen else 'empty'}-{uuid.uuid4().hex[:8]}"
     target.mkdir(parents=True)

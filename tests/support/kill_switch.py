@@ -78,6 +78,44 @@ class KillDuringCheckpointWrite(Callback):
         snapshot._HashingWriter.write = write
 
 
+class KillBeforeManifest(Callback):
+    """SIGKILL once the checkpoint of ``global_step`` is renamed into place, before its manifest entry is written."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, KaggleModelCheckpoint):
+                original = callback._writer._on_written
+
+                def on_written(written, original=original):
+                    if trainer.global_step >= self.global_step:
+                        _die()
+                    original(written)
+
+                callback._writer._on_written = on_written
+
+
+class KillDuringStaging(Callback):
+    """SIGKILL while the version of the checkpoint of ``global_step`` is being staged for upload."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning_app.persistence import staging
+
+        real_link = staging.os.link  # the os module's own: this process dies before anything else links
+
+        def link(source, target):
+            real_link(source, target)
+            if trainer.global_step >= self.global_step:
+                _die()  # one file linked, the manifest of the staged version not written yet
+
+        staging.os.link = link
+
+
 class KillAtStep(Callback):
     """SIGKILL the process when training reaches ``global_step`` (between checkpoints)."""
 
@@ -95,3 +133,14 @@ def kill_config(folder: Path, kind: str, global_step: int) -> Path:
     callback = {"class_path": f"tests.support.kill_switch.{kind}", "init_args": {"global_step": global_step}}
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
     return path
+
+
+class SigtermAtLastBatch(Callback):
+    """Send SIGTERM to this process as the last batch of the epoch that ends at ``global_step`` starts."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        if batch_idx + 1 == trainer.num_training_batches and trainer.global_step + 1 == self.global_step:
+            os.kill(os.getpid(), signal.SIGTERM)
