@@ -111,7 +111,10 @@ def build_datamodule(data: dict, seq_len: int):
     """The data module of ``data`` (a config's ``data`` section) with ``seq_len`` replaced."""
     module_name, _, class_name = data["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**{**data["init_args"], "seq_len": seq_len})
+    try:
+        return cls(**{**data["init_args"], "seq_len": seq_len})
+    except TypeError as error:  # an unknown --data.KEY
+        raise bad_value("--data.*", sorted(data["init_args"]), f"settings of {class_name} ({error})") from None
 
 
 def batch_size_at(base_batch: int, train_len: int | None, length: int) -> int:
@@ -161,12 +164,8 @@ def table(runs: Sequence[Run], lengths: Sequence[int]) -> str:
         rows.append(cells)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
-    footer = []
-    if trained & set(lengths):
-        by_len = ", ".join(f"{r.label}: {r.train_len}" for r in runs)
-        footer.append(f"\n`*` training length ({by_len}). Cells: validation perplexity (loss in nats).")
-    else:
-        footer.append("\nCells: validation perplexity (loss in nats).")
+    by_len = ", ".join(f"{r.label}: {r.train_len}" for r in runs)
+    footer = [f"\n`*` training length ({by_len}). Cells: validation perplexity (loss in nats)."]
     footer += [f"[{mark}] n/a: {reason}" for reason, mark in notes.items()]
     return "\n".join(lines + footer)
 
@@ -252,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
         overrides = parse_overrides(extra)
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:
+            raise bad_value("--device", args.device, "a torch device such as cpu, cuda or cuda:1") from None
         lengths = list(dict.fromkeys(args.lengths))
         runs = []
         for raw in args.runs:
