@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
         from lightning_app.plot import main as plot_main
 
         raise SystemExit(plot_main(argv[1:]))
+    if argv[:1] == ["lengths"]:
+        from lightning_app.lengths import main as lengths_main
+
+        raise SystemExit(lengths_main(argv[1:]))
     argv = with_default_config(expand_aliases(argv))
     # Lightning's `ddp` launcher re-runs this command from sys.argv: give it the expanded one (and give a
     # notebook kernel its own back afterwards).
