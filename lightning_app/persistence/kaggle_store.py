@@ -52,7 +52,8 @@ _SKIPPED_BY_CLIENT = re.compile(
     r"^(datapackage\.json|kernel-metadata\.json|model-metadata\.json|model-instance-metadata\.json"
     r"|dataset-cover-image\.(png|jpg|jpeg|webp))$"
 )
-_DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9-]{6,50}$")
+_DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9-]{6,50}$")
+DATASET_RULE = "OWNER/SLUG with a slug of 6 to 50 lower-case letters, digits or '-', e.g. alice/rope-small-checkpoints"
 _ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError}
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -82,8 +83,7 @@ class KaggleDatasetStore:
         transfer_rate_floor: float = 1e6,
         ready_timeout: float = 600.0,
     ) -> None:
-        if not _DATASET_RE.match(dataset):
-            raise bad_value("dataset", dataset, "'owner/slug' with a slug of 6-50 letters, digits or hyphens")
+        check_dataset("dataset", dataset)
         title = title if title is not None else dataset.split("/")[1].replace("-", " ")
         if not 6 <= len(title) <= 50:
             raise bad_value("title", title, "6 to 50 characters")
@@ -206,6 +206,12 @@ class KaggleDatasetStore:
             return outcome["result"]
         message = redact_secrets(f"{self.description}: {op}: {outcome['message']}")
         raise _ERRORS.get(outcome["kind"], StoreError)(message)
+
+
+def check_dataset(option: str, dataset: str) -> None:
+    """Raise ``ConfigError`` (one line) unless ``dataset`` follows Kaggle's OWNER/SLUG rule."""
+    if not _DATASET_RE.match(dataset):
+        raise bad_value(option, dataset, DATASET_RULE)
 
 
 def _local_files(folder: Path) -> dict[str, int]:
