@@ -225,3 +225,42 @@ def test_refuses_what_it_cannot_publish(store, stage):
 def test_constructor_validates(dataset, title):
     with pytest.raises(ConfigError):
         KaggleDatasetStore(dataset, title=title)
+
+
+@pytest.fixture
+def token_env(kaggle_env, fake_kaggle, monkeypatch):
+    """Log in with an access token (``KAGGLE_API_TOKEN``): the client calls IntrospectToken at login."""
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", fake_kaggle.token)
+
+
+@pytest.mark.parametrize("fault", ["503", "drop"])
+def test_login_failures_are_transient_and_retried(token_env, store, stage, fake_kaggle, fault):
+    if fault == "503":
+        fake_kaggle.fail_next(2, status=503, methods="IntrospectToken")
+    else:
+        fake_kaggle.drop_next(2, methods="IntrospectToken")
+    errors = []
+    published = retry_call(
+        lambda: store.publish(stage(f"one-{len(errors)}", {"a.ckpt": b"1"}), "one"),
+        base_delay=0.01,
+        on_retry=lambda n, delay, error: errors.append(error),
+        rng=random.Random(0),
+    )
+    assert published.number == 1 and len(fake_kaggle.versions(REF)) == 1
+    assert fake_kaggle.faults.pending() == 0 and errors
+    assert all("login failed" in str(e) for e in errors)
+
+
+def test_refused_token_is_an_auth_error_naming_its_source(token_env, store, stage, fake_kaggle):
+    fake_kaggle.refuse_credentials()
+    with pytest.raises(AuthError, match="refused the credentials from access token from KAGGLE_API_TOKEN") as caught:
+        store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    assert fake_kaggle.token not in str(caught.value)
+
+
+def test_refused_key_names_its_source(store, stage, fake_kaggle):
+    fake_kaggle.refuse_credentials()
+    with pytest.raises(AuthError, match="refused the credentials from KAGGLE_USERNAME/KAGGLE_KEY"):
+        store.publish(stage("one", {"a.ckpt": b"1"}), "one")

@@ -101,11 +101,11 @@ def connect() -> Any:
     except ImportError as error:
         raise Failure("error", f"the kaggle package is not installed ({error})") from error
     except (OSError, SystemExit) as error:
-        raise Failure("auth", _NO_CREDENTIALS) from error
+        raise _login_failure(error) from error
     try:
         api.authenticate()  # again, so that 2.x reports missing credentials (it calls exit(1))
     except (OSError, SystemExit) as error:
-        raise Failure("auth", _NO_CREDENTIALS) from error
+        raise _login_failure(error) from error
     with_retry = getattr(api, "with_retry", None)
     if with_retry is not None:
 
@@ -114,6 +114,27 @@ def connect() -> Any:
 
         api.with_retry = with_retry_except_creates
     return api
+
+
+def _login_failure(error: BaseException) -> Failure:
+    """A network error or 5xx at login (a token's IntrospectToken) is transient; anything else is a refusal.
+
+    Every ``requests`` exception is an ``OSError``, so "OSError at login" alone does not mean "no credentials".
+    """
+    kind, message = classify(error)
+    if kind == "transient":
+        return Failure("transient", f"login failed: {message}")
+    return Failure("auth", refused_message(message if isinstance(error, OSError) else "not accepted"))
+
+
+def refused_message(detail: str) -> str:
+    """Which credential source was refused (never the secret), or how to provide credentials when none exist."""
+    from lightning_app.persistence.credentials import find_credentials
+
+    credentials = find_credentials()
+    if credentials is None:
+        return _NO_CREDENTIALS
+    return f"Kaggle refused the credentials from {credentials.source} ({detail})"
 
 
 def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
@@ -214,6 +235,8 @@ def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
         if isinstance(error, KeyboardInterrupt):
             raise
         kind, message = classify(error)
+        if kind == "auth" and not isinstance(error, Failure):
+            message = refused_message(message)  # e.g. a 401: name the credential source that was refused
         secrets = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
         for secret in (s for s in secrets if isinstance(s, str) and len(s) >= 8):
             message = message.replace(secret, "***")

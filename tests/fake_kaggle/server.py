@@ -182,8 +182,9 @@ class FakeKaggle:
             self.state.lose_from_next_version = set(names)
 
     def refuse_credentials(self, refuse: bool = True) -> None:
-        """Answer 401 to every authenticated RPC (until called with ``False``)."""
+        """Answer 401 to every authenticated RPC, and "inactive" to IntrospectToken (until called with ``False``)."""
         self._refusing = refuse
+        self.state.refusing = refuse
 
     # -- introspection -------------------------------------------------------------------------------------
 

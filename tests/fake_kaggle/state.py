@@ -98,6 +98,7 @@ class FakeState:
         self.processing_delay = 0
         self.lose_from_next_version: set[str] = set()
         self.usernames_by_token: dict[str, str] = {}
+        self.refusing = False  # refuse_credentials(): tokens introspect as inactive
 
     def rpc(self, name: str, user: str | None, body: dict[str, Any]) -> Reply:
         handler = getattr(self, f"_rpc_{name}", None)
@@ -250,7 +251,7 @@ class FakeState:
         return Reply(302, None, {"Location": location})
 
     def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> Reply:
-        username = self.usernames_by_token.get(str(body.get("token", "")))
+        username = None if self.refusing else self.usernames_by_token.get(str(body.get("token", "")))
         return Reply(200, {"active": True, "username": username} if username else {"active": False})
 
     # -- downloads -----------------------------------------------------------------------------------------
