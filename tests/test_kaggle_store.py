@@ -16,6 +16,7 @@ from lightning_app.persistence.store_protocol import (
     AuthError,
     CheckpointStore,
     NotFoundError,
+    RefusedError,
     RemoteFile,
     StoreError,
     TransientError,
@@ -264,3 +265,32 @@ def test_refused_key_names_its_source(store, stage, fake_kaggle):
     fake_kaggle.refuse_credentials()
     with pytest.raises(AuthError, match="refused the credentials from KAGGLE_USERNAME/KAGGLE_KEY"):
         store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+
+
+@pytest.mark.parametrize("conflict", ["title", "deleted_slug"])
+def test_name_in_use_is_refused_for_good(store, stage, fake_kaggle, conflict):
+    if conflict == "title":
+        fake_kaggle.add_dataset("fake-user/other-dataset", title=store.title)
+        text = f'The requested title "{store.title}" is already in use by a dataset. Please choose another title.'
+    else:
+        fake_kaggle.add_dataset(REF, title="Old checkpoints")
+        fake_kaggle.delete_dataset(REF)
+        text = 'The requested slug "lm-checkpoints" is already in use'
+    with pytest.raises(RefusedError) as caught:
+        _retry(lambda: store.publish(stage("one", {"a.ckpt": b"1"}), "one"))
+    message = str(caught.value)
+    assert f"Kaggle will not create {REF}: {text}" in message
+    assert "--sync.dataset" in message and "--sync.title" in message and "\n" not in message
+    assert len(fake_kaggle.calls("CreateDataset")) == 1  # not retried
+    assert REF not in fake_kaggle.datasets
+
+
+def test_slug_in_use_by_our_own_dataset_adds_a_version(store, stage, fake_kaggle):
+    fake_kaggle.add_dataset(REF, title=store.title)
+    fake_kaggle.fail_next(1, status=404, methods="GetDatasetStatus")  # e.g. not visible yet when first asked
+    published = store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    assert published.number == 2 and fake_kaggle.versions(REF)[-1].files == {"a.ckpt": b"1"}
+
+
+def test_default_title_is_the_slug(kaggle_env):
+    assert KaggleDatasetStore(REF).title == "lm-checkpoints"

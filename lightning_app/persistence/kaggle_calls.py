@@ -6,7 +6,7 @@ CreateDatasetVersion could even publish after a newer version). So the parent ru
     python -m lightning_app.persistence.kaggle_calls <op> <args.json> <result.json>
 
 and kills the process when its time is up. The result file holds ``{"ok": true, "result": ...}`` or
-``{"ok": false, "kind": "auth" | "transient" | "not_found" | "error", "message": ...}``; the client's stdout
+``{"ok": false, "kind": "auth" | "transient" | "not_found" | "refused" | "error", "message": ...}``; the client's stdout
 chatter ("Dataset URL: ...") goes nowhere. ``kaggle`` is imported here only, lazily.
 
 Operations (``args`` keys in brackets):
@@ -170,8 +170,28 @@ def _check_created(response: Any) -> None:
     status, problem = str(get("status") or ""), get("error")
     if problem or status.lower() not in ("", "ok"):
         message = str(problem or f"status {status!r}")
-        # "slug already in use": an earlier attempt created it after all; the next attempt adds a version.
-        raise Failure("transient" if "already in use" in message else "error", message)
+        raise Failure("in_use" if "already in use" in message else "error", message)
+
+
+def _create(api: Any, ref: str, folder: str) -> dict[str, Any] | None:
+    """Create the dataset (None), or its status when the name is "in use" by this very dataset (an earlier
+    attempt made it after all).
+
+    A title used by another of the owner's datasets, or a slug kept by a deleted one, is refused for good.
+    """
+    try:
+        _check_created(api.dataset_create_new(folder=folder, public=False, quiet=True, dir_mode="skip"))
+        return None
+    except Failure as failure:
+        if failure.kind != "in_use":
+            raise
+        try:
+            return _status(api, ref)  # it exists and we can see it (it is private): ours, so add a version
+        except Exception as error:
+            if http_status(error) != 404:
+                raise
+        fix = "choose another name with --sync.dataset OWNER/SLUG or another title with --sync.title"
+        raise Failure("refused", f"Kaggle will not create {ref}: {failure}; {fix}") from None
 
 
 def _published(api: Any, ref: str) -> dict[str, Any]:
@@ -187,8 +207,9 @@ def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:
         if http_status(error) != 404:
             raise
-        _check_created(api.dataset_create_new(folder=args["folder"], public=False, quiet=True, dir_mode="skip"))
-        return {"outcome": "created", **_published(api, ref)}
+        state = _create(api, ref, args["folder"])
+        if state is None:
+            return {"outcome": "created", **_published(api, ref)}
     if state["status"] not in SETTLED:
         return {"outcome": "busy", "status": state["status"]}
     if state["status"] == "ready":

@@ -40,6 +40,7 @@ from lightning_app.persistence.store_protocol import (
     AuthError,
     NotFoundError,
     PublishedVersion,
+    RefusedError,
     RemoteFile,
     StoreError,
     TransientError,
@@ -54,7 +55,7 @@ _SKIPPED_BY_CLIENT = re.compile(
 )
 _DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9-]{6,50}$")
 DATASET_RULE = "OWNER/SLUG with a slug of 6 to 50 lower-case letters, digits or '-', e.g. alice/rope-small-checkpoints"
-_ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError}
+_ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError, "refused": RefusedError}
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -63,7 +64,8 @@ class KaggleDatasetStore:
 
     Args:
         dataset: ``owner/slug``; the slug is 6-50 letters, digits or hyphens.
-        title: the dataset title on first publish (6-50 characters); defaults to the slug.
+        title: the dataset title on first publish (6-50 characters, unique among the owner's datasets); defaults
+            to the slug itself.
         call_timeout: seconds allowed for any one operation, before transfer time.
         transfer_rate_floor: the slowest transfer (bytes/s) still considered alive; uploads and downloads get
             ``call_timeout + bytes / transfer_rate_floor`` seconds.
@@ -84,7 +86,7 @@ class KaggleDatasetStore:
         ready_timeout: float = 600.0,
     ) -> None:
         check_dataset("dataset", dataset)
-        title = title if title is not None else dataset.split("/")[1].replace("-", " ")
+        title = title if title is not None else dataset.split("/")[1]  # the slug: unique among the owner's
         if not 6 <= len(title) <= 50:
             raise bad_value("title", title, "6 to 50 characters")
         for name, value in (("call_timeout", call_timeout), ("transfer_rate_floor", transfer_rate_floor)):

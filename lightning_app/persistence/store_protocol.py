@@ -43,6 +43,10 @@ class AuthError(StoreError):
     """Credentials missing or refused: retrying cannot help; syncing stops with one warning."""
 
 
+class RefusedError(StoreError):
+    """Refused for good (a dataset name in use by someone else, no permission): syncing stops with one warning."""
+
+
 class NotFoundError(StoreError):
     """The dataset (or version) does not exist yet."""
 

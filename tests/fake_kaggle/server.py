@@ -18,6 +18,7 @@ import contextlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -180,6 +181,21 @@ class FakeKaggle:
         """Leave ``names`` out of the next version although they were uploaded (what kaggle 1.6 can do)."""
         with self.state.lock:
             self.state.lose_from_next_version = set(names)
+
+    def add_dataset(self, ref: str, title: str, files: dict[str, bytes] | None = None) -> Dataset:
+        """A private dataset that already exists (made elsewhere), with one ready version holding ``files``."""
+        owner, slug = ref.split("/")
+        with self.state.lock:
+            dataset = Dataset(owner, slug, title, True, "CC0-1.0")
+            dataset.versions.append(Version(1, dict(files or {"x.bin": b"x"}), "Initial release", time.time(), 0))
+            self.state.datasets[ref] = dataset
+        return dataset
+
+    def delete_dataset(self, ref: str) -> None:
+        """Delete ``ref``; like the real service, its slug stays "in use" for a new dataset."""
+        with self.state.lock:
+            del self.state.datasets[ref]
+            self.state.deleted_refs.add(ref)
 
     def refuse_credentials(self, refuse: bool = True) -> None:
         """Answer 401 to every authenticated RPC, and "inactive" to IntrospectToken (until called with ``False``)."""
