@@ -294,3 +294,25 @@ def test_slug_in_use_by_our_own_dataset_adds_a_version(store, stage, fake_kaggle
 
 def test_default_title_is_the_slug(kaggle_env):
     assert KaggleDatasetStore(REF).title == "lm-checkpoints"
+
+
+def test_permission_403_is_refused_not_retried(store, stage, fake_kaggle):
+    store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    fake_kaggle.fail_next(5, status=403, methods="CreateDatasetVersion", message="Permission denied")
+    with pytest.raises(RefusedError, match=r"HTTP 403: Permission denied; .*--sync.dataset"):
+        _retry(lambda: store.publish(stage("two", {"b.ckpt": b"2"}), "two"))
+    assert len(fake_kaggle.calls("CreateDatasetVersion")) == 1
+
+
+def test_429_waits_the_retry_after_it_was_given(store, stage, fake_kaggle):
+    store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    fake_kaggle.fail_next(1, status=429, methods="CreateDatasetVersion", retry_after=0.25)
+    delays = []
+    published = retry_call(
+        lambda: store.publish(stage(f"two-{len(delays)}", {"b.ckpt": b"2"}), "two"),
+        base_delay=0.001,
+        on_retry=lambda n, delay, error: delays.append((delay, error.retry_after)),
+        rng=random.Random(0),
+    )
+    assert published.number == 2 and delays == [(0.25, 0.25)]
+    assert [r.status for r in fake_kaggle.calls("CreateDatasetVersion")] == [429, 200]

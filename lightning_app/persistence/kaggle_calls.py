@@ -60,8 +60,10 @@ def classify(error: BaseException) -> tuple[str, str]:
             kind = "auth"
         elif status == 404:
             kind = "not_found"
-        elif status in (403, 408, 429) or status >= 500:
-            kind = "transient"  # 403: "the previous version is still processing"
+        elif status == 403:
+            kind = "refused"  # permission (another owner's dataset, an unverified account); op_publish re-checks
+        elif status in (408, 429) or status >= 500:
+            kind = "transient"
         else:
             kind = "error"
         return kind, f"HTTP {status}: {error}"
@@ -217,9 +219,14 @@ def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
         if dict(map(tuple, newest)) == args["files"]:
             # An earlier attempt published these files and lost the reply: no duplicate version.
             return {"outcome": "existing", "version": state["version"], "files": newest}
-    response = api.dataset_create_version(
-        folder=args["folder"], version_notes=args["notes"], quiet=True, dir_mode="skip"
-    )
+    try:
+        response = api.dataset_create_version(
+            folder=args["folder"], version_notes=args["notes"], quiet=True, dir_mode="skip"
+        )
+    except Exception as error:
+        if http_status(error) == 403 and _status(api, ref)["status"] not in SETTLED:
+            return {"outcome": "busy", "status": "processing"}  # the 403 of a first version still processing
+        raise
     _check_created(response)
     return {"outcome": "created", **_published(api, ref)}
 
@@ -261,7 +268,19 @@ def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
         secrets = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
         for secret in (s for s in secrets if isinstance(s, str) and len(s) >= 8):
             message = message.replace(secret, "***")
-        return {"ok": False, "kind": kind, "message": redact_secrets(message)[:2000]}
+        if kind == "refused" and http_status(error) == 403:
+            message += "; Kaggle refused permission (another owner's dataset?): choose one with --sync.dataset"
+        outcome = {"ok": False, "kind": kind, "message": redact_secrets(message)[:2000]}
+        return {**outcome, "retry_after": _retry_after(error)}
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """The seconds of a ``Retry-After`` header on the failed response (an HTTP date counts as unknown)."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

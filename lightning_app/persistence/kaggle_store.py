@@ -207,6 +207,8 @@ class KaggleDatasetStore:
         if outcome["ok"]:
             return outcome["result"]
         message = redact_secrets(f"{self.description}: {op}: {outcome['message']}")
+        if outcome["kind"] == "transient":
+            raise TransientError(message, outcome.get("retry_after"))
         raise _ERRORS.get(outcome["kind"], StoreError)(message)
 
 

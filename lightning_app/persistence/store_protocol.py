@@ -36,7 +36,14 @@ class StoreError(Exception):
 
 
 class TransientError(StoreError):
-    """Worth retrying: 5xx, 429, connection errors, timeouts, 403 while the previous version is processing."""
+    """Worth retrying: 5xx, 429, connection errors, timeouts, 403 while the previous version is processing.
+
+    ``retry_after``: seconds the service asked to wait (a 429's ``Retry-After``), if it said.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AuthError(StoreError):

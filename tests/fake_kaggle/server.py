@@ -151,9 +151,13 @@ class FakeKaggle:
         *,
         message: str = "",
         after_commit: bool = False,
+        retry_after: float | None = None,
     ) -> None:
-        """Answer the next ``n`` matching requests with HTTP ``status`` (e.g. 500, 429, 403)."""
-        self.faults.add(Fault("fail", n, as_methods(methods), status, message, after_commit))
+        """Answer the next ``n`` matching requests with HTTP ``status`` (e.g. 500, 429, 403).
+
+        With ``retry_after`` the answer carries ``Retry-After`` and the RESOURCE_EXHAUSTED body of a real 429.
+        """
+        self.faults.add(Fault("fail", n, as_methods(methods), status, message, after_commit, retry_after))
 
     def hang_next(self, n: int = 1, methods: str | Iterable[str] | None = None, *, after_commit: bool = False) -> None:
         """Hold the next ``n`` matching requests until ``release()``/``stop()``/``hang_limit``, then drop them."""
