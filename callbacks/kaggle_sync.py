@@ -14,6 +14,7 @@ from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
 from lightning_app.experiment import experiment_name
+from lightning_app.persistence.kaggle_store import check_dataset
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.publisher import BackgroundPublisher, PublishJob
 from lightning_app.persistence.staging import stage_version
@@ -64,8 +65,8 @@ class KaggleDatasetSync(Callback):
         retry_delay: float = 2.0,
         title: str | None = None,
     ) -> None:
-        if dataset is not None and (dataset.count("/") != 1 or not all(dataset.split("/"))):
-            raise bad_value("--sync.dataset", dataset, "OWNER/SLUG, e.g. alice/rope-small-checkpoints")
+        if dataset is not None:
+            check_dataset("--sync.dataset", dataset)
         if upload_last < 1:
             raise bad_value("--sync.upload_last", upload_last, "an integer >= 1")
         if not call_timeout > 0:

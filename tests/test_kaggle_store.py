@@ -16,6 +16,7 @@ from lightning_app.persistence.store_protocol import (
     AuthError,
     CheckpointStore,
     NotFoundError,
+    RefusedError,
     RemoteFile,
     StoreError,
     TransientError,
@@ -225,3 +226,93 @@ def test_refuses_what_it_cannot_publish(store, stage):
 def test_constructor_validates(dataset, title):
     with pytest.raises(ConfigError):
         KaggleDatasetStore(dataset, title=title)
+
+
+@pytest.fixture
+def token_env(kaggle_env, fake_kaggle, monkeypatch):
+    """Log in with an access token (``KAGGLE_API_TOKEN``): the client calls IntrospectToken at login."""
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", fake_kaggle.token)
+
+
+@pytest.mark.parametrize("fault", ["503", "drop"])
+def test_login_failures_are_transient_and_retried(token_env, store, stage, fake_kaggle, fault):
+    if fault == "503":
+        fake_kaggle.fail_next(2, status=503, methods="IntrospectToken")
+    else:
+        fake_kaggle.drop_next(2, methods="IntrospectToken")
+    errors = []
+    published = retry_call(
+        lambda: store.publish(stage(f"one-{len(errors)}", {"a.ckpt": b"1"}), "one"),
+        base_delay=0.01,
+        on_retry=lambda n, delay, error: errors.append(error),
+        rng=random.Random(0),
+    )
+    assert published.number == 1 and len(fake_kaggle.versions(REF)) == 1
+    assert fake_kaggle.faults.pending() == 0 and errors
+    assert all("login failed" in str(e) for e in errors)
+
+
+def test_refused_token_is_an_auth_error_naming_its_source(token_env, store, stage, fake_kaggle):
+    fake_kaggle.refuse_credentials()
+    with pytest.raises(AuthError, match="refused the credentials from access token from KAGGLE_API_TOKEN") as caught:
+        store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    assert fake_kaggle.token not in str(caught.value)
+
+
+def test_refused_key_names_its_source(store, stage, fake_kaggle):
+    fake_kaggle.refuse_credentials()
+    with pytest.raises(AuthError, match="refused the credentials from KAGGLE_USERNAME/KAGGLE_KEY"):
+        store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+
+
+@pytest.mark.parametrize("conflict", ["title", "deleted_slug"])
+def test_name_in_use_is_refused_for_good(store, stage, fake_kaggle, conflict):
+    if conflict == "title":
+        fake_kaggle.add_dataset("fake-user/other-dataset", title=store.title)
+        text = f'The requested title "{store.title}" is already in use by a dataset. Please choose another title.'
+    else:
+        fake_kaggle.add_dataset(REF, title="Old checkpoints")
+        fake_kaggle.delete_dataset(REF)
+        text = 'The requested slug "lm-checkpoints" is already in use'
+    with pytest.raises(RefusedError) as caught:
+        _retry(lambda: store.publish(stage("one", {"a.ckpt": b"1"}), "one"))
+    message = str(caught.value)
+    assert f"Kaggle will not create {REF}: {text}" in message
+    assert "--sync.dataset" in message and "--sync.title" in message and "\n" not in message
+    assert len(fake_kaggle.calls("CreateDataset")) == 1  # not retried
+    assert REF not in fake_kaggle.datasets
+
+
+def test_slug_in_use_by_our_own_dataset_adds_a_version(store, stage, fake_kaggle):
+    fake_kaggle.add_dataset(REF, title=store.title)
+    fake_kaggle.fail_next(1, status=404, methods="GetDatasetStatus")  # e.g. not visible yet when first asked
+    published = store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    assert published.number == 2 and fake_kaggle.versions(REF)[-1].files == {"a.ckpt": b"1"}
+
+
+def test_default_title_is_the_slug(kaggle_env):
+    assert KaggleDatasetStore(REF).title == "lm-checkpoints"
+
+
+def test_permission_403_is_refused_not_retried(store, stage, fake_kaggle):
+    store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    fake_kaggle.fail_next(5, status=403, methods="CreateDatasetVersion", message="Permission denied")
+    with pytest.raises(RefusedError, match=r"HTTP 403: Permission denied; .*--sync.dataset"):
+        _retry(lambda: store.publish(stage("two", {"b.ckpt": b"2"}), "two"))
+    assert len(fake_kaggle.calls("CreateDatasetVersion")) == 1
+
+
+def test_429_waits_the_retry_after_it_was_given(store, stage, fake_kaggle):
+    store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    fake_kaggle.fail_next(1, status=429, methods="CreateDatasetVersion", retry_after=0.25)
+    delays = []
+    published = retry_call(
+        lambda: store.publish(stage(f"two-{len(delays)}", {"b.ckpt": b"2"}), "two"),
+        base_delay=0.001,
+        on_retry=lambda n, delay, error: delays.append((delay, error.retry_after)),
+        rng=random.Random(0),
+    )
+    assert published.number == 2 and delays == [(0.25, 0.25)]
+    assert [r.status for r in fake_kaggle.calls("CreateDatasetVersion")] == [429, 200]

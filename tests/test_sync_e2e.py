@@ -131,3 +131,28 @@ def test_only_rank_zero_publishes_under_ddp(tmp_path, fake_kaggle):
     creates = len(fake_kaggle.calls("CreateDataset")) + len(fake_kaggle.calls("CreateDatasetVersion"))
     assert creates == 3, "a second rank published too"
     _assert_newest_version_holds_final_checkpoint(tmp_path, fake_kaggle)
+
+
+def test_token_login_that_fails_twice_with_503_still_publishes(tmp_path, fake_kaggle):
+    fake_kaggle.fail_next(2, status=503, methods="IntrospectToken")
+    env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
+    del env["KAGGLE_USERNAME"], env["KAGGLE_KEY"]
+    env["KAGGLE_API_TOKEN"] = fake_kaggle.token
+    args = fit_args(*QUIET, "--sync.dataset", "fake-user/token-run-checkpoints")
+    result = run(args, tmp_path, env, timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert fake_kaggle.faults.pending() == 0 and "Checkpoint sync stopped" not in output
+    _assert_newest_version_holds_final_checkpoint(tmp_path, fake_kaggle)
+
+
+def test_title_in_use_stops_sync_with_one_warning(tmp_path, fake_kaggle):
+    fake_kaggle.add_dataset("fake-user/older-run", title="taken-title")
+    result, output = _fit(
+        tmp_path, fake_kaggle, "--sync.dataset", "fake-user/new-run-checkpoints", "--sync.title", "taken-title"
+    )
+    assert result.returncode == 0, output[-3000:]
+    assert output.count("Checkpoint sync stopped") == 1
+    assert 'The requested title "taken-title" is already in use by a dataset' in output
+    assert len(fake_kaggle.calls("CreateDataset")) == 1
+    assert list(fake_kaggle.datasets) == ["fake-user/older-run"]

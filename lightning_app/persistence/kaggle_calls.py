@@ -6,7 +6,7 @@ CreateDatasetVersion could even publish after a newer version). So the parent ru
     python -m lightning_app.persistence.kaggle_calls <op> <args.json> <result.json>
 
 and kills the process when its time is up. The result file holds ``{"ok": true, "result": ...}`` or
-``{"ok": false, "kind": "auth" | "transient" | "not_found" | "error", "message": ...}``; the client's stdout
+``{"ok": false, "kind": "auth" | "transient" | "not_found" | "refused" | "error", "message": ...}``; the client's stdout
 chatter ("Dataset URL: ...") goes nowhere. ``kaggle`` is imported here only, lazily.
 
 Operations (``args`` keys in brackets):
@@ -60,8 +60,10 @@ def classify(error: BaseException) -> tuple[str, str]:
             kind = "auth"
         elif status == 404:
             kind = "not_found"
-        elif status in (403, 408, 429) or status >= 500:
-            kind = "transient"  # 403: "the previous version is still processing"
+        elif status == 403:
+            kind = "refused"  # permission (another owner's dataset, an unverified account); op_publish re-checks
+        elif status in (408, 429) or status >= 500:
+            kind = "transient"
         else:
             kind = "error"
         return kind, f"HTTP {status}: {error}"
@@ -101,11 +103,11 @@ def connect() -> Any:
     except ImportError as error:
         raise Failure("error", f"the kaggle package is not installed ({error})") from error
     except (OSError, SystemExit) as error:
-        raise Failure("auth", _NO_CREDENTIALS) from error
+        raise _login_failure(error) from error
     try:
         api.authenticate()  # again, so that 2.x reports missing credentials (it calls exit(1))
     except (OSError, SystemExit) as error:
-        raise Failure("auth", _NO_CREDENTIALS) from error
+        raise _login_failure(error) from error
     with_retry = getattr(api, "with_retry", None)
     if with_retry is not None:
 
@@ -114,6 +116,27 @@ def connect() -> Any:
 
         api.with_retry = with_retry_except_creates
     return api
+
+
+def _login_failure(error: BaseException) -> Failure:
+    """A network error or 5xx at login (a token's IntrospectToken) is transient; anything else is a refusal.
+
+    Every ``requests`` exception is an ``OSError``, so "OSError at login" alone does not mean "no credentials".
+    """
+    kind, message = classify(error)
+    if kind == "transient":
+        return Failure("transient", f"login failed: {message}")
+    return Failure("auth", refused_message(message if isinstance(error, OSError) else "not accepted"))
+
+
+def refused_message(detail: str) -> str:
+    """Which credential source was refused (never the secret), or how to provide credentials when none exist."""
+    from lightning_app.persistence.credentials import find_credentials
+
+    credentials = find_credentials()
+    if credentials is None:
+        return _NO_CREDENTIALS
+    return f"Kaggle refused the credentials from {credentials.source} ({detail})"
 
 
 def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
@@ -149,8 +172,28 @@ def _check_created(response: Any) -> None:
     status, problem = str(get("status") or ""), get("error")
     if problem or status.lower() not in ("", "ok"):
         message = str(problem or f"status {status!r}")
-        # "slug already in use": an earlier attempt created it after all; the next attempt adds a version.
-        raise Failure("transient" if "already in use" in message else "error", message)
+        raise Failure("in_use" if "already in use" in message else "error", message)
+
+
+def _create(api: Any, ref: str, folder: str) -> dict[str, Any] | None:
+    """Create the dataset (None), or its status when the name is "in use" by this very dataset (an earlier
+    attempt made it after all).
+
+    A title used by another of the owner's datasets, or a slug kept by a deleted one, is refused for good.
+    """
+    try:
+        _check_created(api.dataset_create_new(folder=folder, public=False, quiet=True, dir_mode="skip"))
+        return None
+    except Failure as failure:
+        if failure.kind != "in_use":
+            raise
+        try:
+            return _status(api, ref)  # it exists and we can see it (it is private): ours, so add a version
+        except Exception as error:
+            if http_status(error) != 404:
+                raise
+        fix = "choose another name with --sync.dataset OWNER/SLUG or another title with --sync.title"
+        raise Failure("refused", f"Kaggle will not create {ref}: {failure}; {fix}") from None
 
 
 def _published(api: Any, ref: str) -> dict[str, Any]:
@@ -166,8 +209,9 @@ def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     except Exception as error:
         if http_status(error) != 404:
             raise
-        _check_created(api.dataset_create_new(folder=args["folder"], public=False, quiet=True, dir_mode="skip"))
-        return {"outcome": "created", **_published(api, ref)}
+        state = _create(api, ref, args["folder"])
+        if state is None:
+            return {"outcome": "created", **_published(api, ref)}
     if state["status"] not in SETTLED:
         return {"outcome": "busy", "status": state["status"]}
     if state["status"] == "ready":
@@ -175,9 +219,14 @@ def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
         if dict(map(tuple, newest)) == args["files"]:
             # An earlier attempt published these files and lost the reply: no duplicate version.
             return {"outcome": "existing", "version": state["version"], "files": newest}
-    response = api.dataset_create_version(
-        folder=args["folder"], version_notes=args["notes"], quiet=True, dir_mode="skip"
-    )
+    try:
+        response = api.dataset_create_version(
+            folder=args["folder"], version_notes=args["notes"], quiet=True, dir_mode="skip"
+        )
+    except Exception as error:
+        if http_status(error) == 403 and _status(api, ref)["status"] not in SETTLED:
+            return {"outcome": "busy", "status": "processing"}  # the 403 of a first version still processing
+        raise
     _check_created(response)
     return {"outcome": "created", **_published(api, ref)}
 
@@ -214,10 +263,24 @@ def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
         if isinstance(error, KeyboardInterrupt):
             raise
         kind, message = classify(error)
+        if kind == "auth" and not isinstance(error, Failure):
+            message = refused_message(message)  # e.g. a 401: name the credential source that was refused
         secrets = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
         for secret in (s for s in secrets if isinstance(s, str) and len(s) >= 8):
             message = message.replace(secret, "***")
-        return {"ok": False, "kind": kind, "message": redact_secrets(message)[:2000]}
+        if kind == "refused" and http_status(error) == 403:
+            message += "; Kaggle refused permission (another owner's dataset?): choose one with --sync.dataset"
+        outcome = {"ok": False, "kind": kind, "message": redact_secrets(message)[:2000]}
+        return {**outcome, "retry_after": _retry_after(error)}
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """The seconds of a ``Retry-After`` header on the failed response (an HTTP date counts as unknown)."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    try:
+        return float(headers["Retry-After"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

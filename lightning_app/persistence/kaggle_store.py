@@ -40,6 +40,7 @@ from lightning_app.persistence.store_protocol import (
     AuthError,
     NotFoundError,
     PublishedVersion,
+    RefusedError,
     RemoteFile,
     StoreError,
     TransientError,
@@ -52,8 +53,9 @@ _SKIPPED_BY_CLIENT = re.compile(
     r"^(datapackage\.json|kernel-metadata\.json|model-metadata\.json|model-instance-metadata\.json"
     r"|dataset-cover-image\.(png|jpg|jpeg|webp))$"
 )
-_DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[A-Za-z0-9-]{6,50}$")
-_ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError}
+_DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9-]{6,50}$")
+DATASET_RULE = "OWNER/SLUG with a slug of 6 to 50 lower-case letters, digits or '-', e.g. alice/rope-small-checkpoints"
+_ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError, "refused": RefusedError}
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -62,7 +64,8 @@ class KaggleDatasetStore:
 
     Args:
         dataset: ``owner/slug``; the slug is 6-50 letters, digits or hyphens.
-        title: the dataset title on first publish (6-50 characters); defaults to the slug.
+        title: the dataset title on first publish (6-50 characters, unique among the owner's datasets); defaults
+            to the slug itself.
         call_timeout: seconds allowed for any one operation, before transfer time.
         transfer_rate_floor: the slowest transfer (bytes/s) still considered alive; uploads and downloads get
             ``call_timeout + bytes / transfer_rate_floor`` seconds.
@@ -82,9 +85,8 @@ class KaggleDatasetStore:
         transfer_rate_floor: float = 1e6,
         ready_timeout: float = 600.0,
     ) -> None:
-        if not _DATASET_RE.match(dataset):
-            raise bad_value("dataset", dataset, "'owner/slug' with a slug of 6-50 letters, digits or hyphens")
-        title = title if title is not None else dataset.split("/")[1].replace("-", " ")
+        check_dataset("dataset", dataset)
+        title = title if title is not None else dataset.split("/")[1]  # the slug: unique among the owner's
         if not 6 <= len(title) <= 50:
             raise bad_value("title", title, "6 to 50 characters")
         for name, value in (("call_timeout", call_timeout), ("transfer_rate_floor", transfer_rate_floor)):
@@ -205,7 +207,15 @@ class KaggleDatasetStore:
         if outcome["ok"]:
             return outcome["result"]
         message = redact_secrets(f"{self.description}: {op}: {outcome['message']}")
+        if outcome["kind"] == "transient":
+            raise TransientError(message, outcome.get("retry_after"))
         raise _ERRORS.get(outcome["kind"], StoreError)(message)
+
+
+def check_dataset(option: str, dataset: str) -> None:
+    """Raise ``ConfigError`` (one line) unless ``dataset`` follows Kaggle's OWNER/SLUG rule."""
+    if not _DATASET_RE.match(dataset):
+        raise bad_value(option, dataset, DATASET_RULE)
 
 
 def _local_files(folder: Path) -> dict[str, int]:

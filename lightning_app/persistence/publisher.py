@@ -1,8 +1,8 @@
 """One background worker that publishes staged folders to a store: latest wins, retried, never blocking.
 
 At most one publish is in flight; a newer job replaces one still waiting. Failures are retried with backoff
-(`retry.retry_call`) and reported; a refused credential stops publishing with one warning. Nothing here
-raises into the caller's thread.
+(`retry.retry_call`) and reported; a refused credential or a refused dataset name stops publishing with one
+warning. Nothing here raises into the caller's thread.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from pathlib import Path
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.retry import retry_call
 from lightning_app.persistence.staging import discard
-from lightning_app.persistence.store_protocol import AuthError, CheckpointStore, PublishedVersion, StoreError
+from lightning_app.persistence.store_protocol import (
+    AuthError,
+    CheckpointStore,
+    PublishedVersion,
+    RefusedError,
+    StoreError,
+)
 
 log = logging.getLogger("lightning_app.sync")
 
@@ -143,8 +149,8 @@ class BackgroundPublisher:
                     f"retry {attempt} in {delay:.0f} s"
                 ),
             )
-        except AuthError as error:
-            self.disabled = f"credentials refused ({error})"
+        except (AuthError, RefusedError) as error:  # trying again cannot help: stop, with one warning
+            self.disabled = f"credentials refused ({error})" if isinstance(error, AuthError) else str(error)
             log.warning(f"Checkpoint sync stopped: {self.disabled}. Checkpoints stay local only.")
             return False
         except StoreError as error:

@@ -21,6 +21,8 @@ from typing import TypeVar
 from lightning_app.persistence.store_protocol import TransientError
 
 T = TypeVar("T")
+#: The longest ``Retry-After`` honoured (seconds).
+_MAX_RETRY_AFTER = 3600.0
 
 
 class Backoff:
@@ -61,7 +63,7 @@ def retry_call(
     on_retry: Callable[[int, float, Exception], None] | None = None,
     rng: random.Random | None = None,
 ) -> T:
-    """Call ``fn`` until it returns, retrying only ``TransientError``.
+    """Call ``fn`` until it returns, retrying only ``TransientError`` (never sooner than its ``retry_after``).
 
     ``AuthError``, ``NotFoundError`` and any other exception propagate at once: trying again cannot help.
 
@@ -90,7 +92,7 @@ def retry_call(
         except TransientError as error:
             if attempt == attempts or (stop is not None and stop.is_set()):
                 raise
-            delay = backoff.delay(attempt - 1)
+            delay = max(backoff.delay(attempt - 1), min(error.retry_after or 0.0, _MAX_RETRY_AFTER))
             if on_retry is not None:
                 on_retry(attempt, delay, error)
             if wait(delay):

@@ -36,11 +36,22 @@ class StoreError(Exception):
 
 
 class TransientError(StoreError):
-    """Worth retrying: 5xx, 429, connection errors, timeouts, 403 while the previous version is processing."""
+    """Worth retrying: 5xx, 429, connection errors, timeouts, 403 while the previous version is processing.
+
+    ``retry_after``: seconds the service asked to wait (a 429's ``Retry-After``), if it said.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AuthError(StoreError):
     """Credentials missing or refused: retrying cannot help; syncing stops with one warning."""
+
+
+class RefusedError(StoreError):
+    """Refused for good (a dataset name in use by someone else, no permission): syncing stops with one warning."""
 
 
 class NotFoundError(StoreError):

@@ -24,6 +24,7 @@ class Fault:
         status: the HTTP status of a ``"fail"``.
         message: the error message of a ``"fail"``.
         after_commit: do the request's work first, then fail/hang/drop the reply (a "lost reply").
+        retry_after: seconds sent as ``Retry-After`` with a ``"fail"`` (a 429 then has the RESOURCE_EXHAUSTED shape).
     """
 
     action: str
@@ -32,6 +33,7 @@ class Fault:
     status: int = 500
     message: str = ""
     after_commit: bool = False
+    retry_after: float | None = None
 
     def matches(self, names: set[str]) -> bool:
         return self.remaining > 0 and (self.methods is None or bool(self.methods & names))

@@ -75,7 +75,12 @@ class Handler(BaseHTTPRequestHandler):
     def _apply(self, fault: Fault, record: RequestRecord) -> None:
         if fault.action == "fail":
             record.status = fault.status
-            self._send(error(fault.status, fault.message or f"injected HTTP {fault.status}"))
+            message = fault.message or f"injected HTTP {fault.status}"
+            reply = error(fault.status, message)
+            if fault.retry_after is not None:  # the real 429 shape (kaggle-api #931)
+                body = {"error": {"code": fault.status, "status": "RESOURCE_EXHAUSTED", "message": message}}
+                reply = Reply(fault.status, body, {"Retry-After": f"{fault.retry_after:g}"})
+            self._send(reply)
             return
         if fault.action == "hang":
             self.server.fake.faults.hold(self.server.fake.hang_limit)

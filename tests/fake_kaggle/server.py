@@ -18,6 +18,7 @@ import contextlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -150,9 +151,13 @@ class FakeKaggle:
         *,
         message: str = "",
         after_commit: bool = False,
+        retry_after: float | None = None,
     ) -> None:
-        """Answer the next ``n`` matching requests with HTTP ``status`` (e.g. 500, 429, 403)."""
-        self.faults.add(Fault("fail", n, as_methods(methods), status, message, after_commit))
+        """Answer the next ``n`` matching requests with HTTP ``status`` (e.g. 500, 429, 403).
+
+        With ``retry_after`` the answer carries ``Retry-After`` and the RESOURCE_EXHAUSTED body of a real 429.
+        """
+        self.faults.add(Fault("fail", n, as_methods(methods), status, message, after_commit, retry_after))
 
     def hang_next(self, n: int = 1, methods: str | Iterable[str] | None = None, *, after_commit: bool = False) -> None:
         """Hold the next ``n`` matching requests until ``release()``/``stop()``/``hang_limit``, then drop them."""
@@ -181,9 +186,25 @@ class FakeKaggle:
         with self.state.lock:
             self.state.lose_from_next_version = set(names)
 
+    def add_dataset(self, ref: str, title: str, files: dict[str, bytes] | None = None) -> Dataset:
+        """A private dataset that already exists (made elsewhere), with one ready version holding ``files``."""
+        owner, slug = ref.split("/")
+        with self.state.lock:
+            dataset = Dataset(owner, slug, title, True, "CC0-1.0")
+            dataset.versions.append(Version(1, dict(files or {"x.bin": b"x"}), "Initial release", time.time(), 0))
+            self.state.datasets[ref] = dataset
+        return dataset
+
+    def delete_dataset(self, ref: str) -> None:
+        """Delete ``ref``; like the real service, its slug stays "in use" for a new dataset."""
+        with self.state.lock:
+            del self.state.datasets[ref]
+            self.state.deleted_refs.add(ref)
+
     def refuse_credentials(self, refuse: bool = True) -> None:
-        """Answer 401 to every authenticated RPC (until called with ``False``)."""
+        """Answer 401 to every authenticated RPC, and "inactive" to IntrospectToken (until called with ``False``)."""
         self._refusing = refuse
+        self.state.refusing = refuse
 
     # -- introspection -------------------------------------------------------------------------------------
 

@@ -98,6 +98,8 @@ class FakeState:
         self.processing_delay = 0
         self.lose_from_next_version: set[str] = set()
         self.usernames_by_token: dict[str, str] = {}
+        self.refusing = False  # refuse_credentials(): tokens introspect as inactive
+        self.deleted_refs: set[str] = set()  # slugs a deleted dataset still keeps
 
     def rpc(self, name: str, user: str | None, body: dict[str, Any]) -> Reply:
         handler = getattr(self, f"_rpc_{name}", None)
@@ -159,13 +161,16 @@ class FakeState:
         owner, slug = str(body.get("ownerSlug") or user), str(body.get("slug", ""))
         if owner != user:
             return error(403, f"{user} cannot create datasets for {owner}")
-        ref = f"{owner}/{slug}"
-        if ref in self.datasets:
+        ref, title = f"{owner}/{slug}", str(body.get("title", ""))
+        if ref in self.datasets or ref in self.deleted_refs:
             return Reply(200, {"status": "error", "error": f'The requested slug "{slug}" is already in use'})
+        if any(d.owner == owner and d.title == title for d in self.datasets.values()):
+            text = f'The requested title "{title}" is already in use by a dataset. Please choose another title.'
+            return Reply(200, {"status": "error", "error": text})
         version = self._new_version(1, body.get("files", []), "Initial release")
         if isinstance(version, Reply):
             return version
-        dataset = Dataset(owner, slug, str(body.get("title", "")), bool(body.get("isPrivate", False)), "")
+        dataset = Dataset(owner, slug, title, bool(body.get("isPrivate", False)), "")
         dataset.license_name = str(body.get("licenseName", ""))
         dataset.versions.append(version)
         self.datasets[ref] = dataset
@@ -250,7 +255,7 @@ class FakeState:
         return Reply(302, None, {"Location": location})
 
     def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> Reply:
-        username = self.usernames_by_token.get(str(body.get("token", "")))
+        username = None if self.refusing else self.usernames_by_token.get(str(body.get("token", "")))
         return Reply(200, {"active": True, "username": username} if username else {"active": False})
 
     # -- downloads -----------------------------------------------------------------------------------------
