@@ -8,6 +8,7 @@ Option groups: ``--model.*`` (LanguageModel), ``--data.*`` (SyntheticDataModule 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -177,20 +178,40 @@ def one_line(error: BaseException) -> str | None:
     return re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
 
 
+#: ``python -m lightning_app COMMAND``: LightningCLI's commands, then plain ones (a module with ``main(argv) -> int``).
+TRAINER_COMMANDS = {
+    "fit": "train; with --resume, continue the newest run from its newest good checkpoint",
+    "validate": "validation loss and perplexity of a checkpoint (--ckpt_path)",
+    "test": "test loss and perplexity of a checkpoint (--ckpt_path)",
+}
+COMMANDS = {
+    "checkpoints": ("lightning_app.checkpoints_command", "list what `fit --resume` would see, and the one it takes"),
+    "plot": ("lightning_app.plot", "draw the logged curves of runs, their sessions stitched"),
+    "lengths": ("lightning_app.lengths", "perplexity at several sequence lengths: train short, test long"),
+    "generate": ("lightning_app.generate_command", "sample text from a checkpoint"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m lightning_app COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
+    helps = {**TRAINER_COMMANDS, **{name: text for name, (_module, text) in COMMANDS.items()}}
+    lines += [f"  {name:<12} {text}" for name, text in helps.items()]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["checkpoints"]:
-        from lightning_app.checkpoints_command import main as list_checkpoints
-
-        raise SystemExit(list_checkpoints(argv[1:]))
-    if argv[:1] == ["plot"]:
-        from lightning_app.plot import main as plot_main
-
-        raise SystemExit(plot_main(argv[1:]))
-    if argv[:1] == ["lengths"]:
-        from lightning_app.lengths import main as lengths_main
-
-        raise SystemExit(lengths_main(argv[1:]))
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    if argv[0] in COMMANDS:
+        raise SystemExit(importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:]))
+    if argv[0] not in TRAINER_COMMANDS and not argv[0].startswith("-"):
+        print(
+            f"error: got command {argv[0]!r}; expected one of: {', '.join([*TRAINER_COMMANDS, *COMMANDS])}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     argv = with_default_config(expand_aliases(argv))
     # Lightning's `ddp` launcher re-runs this command from sys.argv: give it the expanded one (and give a
     # notebook kernel its own back afterwards).

@@ -139,3 +139,19 @@ def test_without_resume_existing_checkpoints_are_mentioned_in_one_line(tmp_path,
     fresh = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Starting fresh")]
     assert len(fresh) == 1 and "--resume" in fresh[0]
     assert (tmp_path / "checkpoints" / "kaggle_epoch_4_20261126-031500.ckpt").read_bytes() == b"an earlier run's"
+
+
+def test_help_lists_every_command_and_an_unknown_one_is_one_line(capsys):
+    from lightning_app.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == ["fit", "validate", "test", "checkpoints", "plot", "lengths", "generate"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fitt"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: got command 'fitt'; expected one of: fit, validate, test, checkpoints, plot, lengths, generate"
+    ]
