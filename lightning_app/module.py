@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal
 
@@ -13,8 +14,16 @@ from torchmetrics.text import Perplexity
 
 from lightning_app.errors import bad_value
 from lightning_app.model import TransformerConfig, TransformerLM
-from lightning_app.rng import capture_rng_state, restore_rng_state
+from lightning_app.rng import (
+    capture_rng_state,
+    pack_rank_states,
+    rank_state,
+    restore_rng_state,
+    unmatched_ranks_message,
+)
 from lightning_app.schedule import WarmupCosine
+
+log = logging.getLogger("lightning_app")
 
 PeType = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
 ModelSize = Literal["tiny", "small", "base", "large"]
@@ -168,7 +177,14 @@ class LanguageModel(pl.LightningModule):
         return max(1, steps_per_epoch * max(1, trainer.max_epochs or 1))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = capture_rng_state()
+        # Runs on every rank (only rank 0 writes the file): each rank's own state, gathered, keyed by global rank.
+        state = capture_rng_state()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(states, state)
+        else:
+            states = [state]
+        checkpoint["rng_states"] = pack_rank_states(states)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
@@ -176,6 +192,10 @@ class LanguageModel(pl.LightningModule):
     def on_train_start(self) -> None:
         # After the loaders are built and the sanity check ran (Lightning isolates its RNG use): from here on,
         # the random numbers are those the interrupted run would have drawn next.
-        if self._rng_to_restore is not None:
-            restore_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
+        if self._rng_to_restore is None:
+            return
+        saved, self._rng_to_restore = self._rng_to_restore, None
+        if self.global_rank == 0 and (message := unmatched_ranks_message(saved, self.trainer.world_size)):
+            log.info(message)
+        if (state := rank_state(saved, self.global_rank)) is not None:
+            restore_rng_state(state)

@@ -1,0 +1,43 @@
+"""Under DDP each rank draws its own random numbers: a killed and resumed 2-process run must give every rank its
+own RNG state back, and end bit for bit where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lightning_app.persistence.manifest import Manifest
+from tests.cli_helpers import assert_same_training_state, load, newest_checkpoint
+from tests.test_session_end import _ddp_run
+
+pytestmark = pytest.mark.slow
+
+
+def _callbacks_config(folder: Path, *callbacks: dict) -> Path:
+    path = folder / "callbacks.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": list(callbacks)}}))
+    return path
+
+
+DRAW = {"class_path": "tests.support.rank_draws.DrawPerRank"}
+KILL = {"class_path": "tests.support.kill_switch.KillAfterCheckpoint", "init_args": {"global_step": 20}}
+
+
+def test_ddp_ranks_on_different_streams_resume_to_the_same_weights(tmp_path):
+    reference, work = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference.mkdir(), work.mkdir()
+    done = _ddp_run(reference, "--config", str(_callbacks_config(reference, DRAW)))
+    assert done.returncode == 0, done.stdout[-3000:]
+    killed = _ddp_run(work, "--config", str(_callbacks_config(work, DRAW, KILL)))
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
+    assert max(e.global_step for e in Manifest.load(work / "checkpoints").entries.values()) == 20
+    resumed = _ddp_run(work, "--resume", "--config", str(_callbacks_config(work, DRAW)))
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "(epoch 1, step 20)" in resumed.stdout  # 16 steps per epoch per rank: mid-epoch
+    assert "RNG state:" not in resumed.stdout  # both ranks found their own state
+    saved = load(newest_checkpoint(work / "checkpoints"))
+    assert_same_training_state(saved, load(newest_checkpoint(reference / "checkpoints")))
+    assert sorted(saved["rng_states"]["per_rank"]) == [0, 1]
