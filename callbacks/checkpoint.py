@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -61,6 +61,10 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         train_time_interval: also save mid-epoch when this much time passed since the last save (``00:30:00``).
         save_weights_only: save only the weights (such a checkpoint cannot resume training).
         verbose: log one line per saved checkpoint.
+        monitor: a logged metric (``val_loss``): the checkpoint with its best value is kept besides the newest
+            ``keep_last``, marked ``"best": true`` in the manifest, and is Lightning's ``best_model_path``
+            (``validate --ckpt_path best``). It does not change when checkpoints are saved.
+        mode: ``min`` or ``max``: which value of ``monitor`` is best.
     """
 
     FILE_PREFIX = "kaggle_epoch_"
@@ -74,6 +78,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         train_time_interval: str | None = None,
         save_weights_only: bool = False,
         verbose: bool = True,
+        monitor: str | None = None,
+        mode: Literal["min", "max"] = "min",
     ) -> None:
         if keep_last is not None and keep_last < 1:
             raise bad_value("--checkpoint.keep_last", keep_last, "an integer >= 1, or null to keep all")
@@ -92,7 +98,9 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             save_weights_only=save_weights_only,
             verbose=verbose,
             enable_version_counter=False,
+            mode=mode,
         )
+        self.monitor = monitor  # after Lightning's init: this class saves on its own schedule whatever it is
         self.keep_last = keep_last
         self.every_n_steps = every_n_train_steps
         self.time_interval: timedelta | None = interval
@@ -208,8 +216,14 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._save_checkpoint(trainer, filepath)
 
     @override
-    def _save_none_monitor_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
-        self.save_now(trainer, end_of_epoch=True)
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        self.save_now(trainer, end_of_epoch=True)  # the epoch save; `monitor` only decides which one is kept
+
+    def _is_better(self, value: float) -> bool:
+        best = self.best_model_score
+        if best is None or not self.best_model_path:
+            return True
+        return value < float(best) if self.mode == "min" else value > float(best)
 
     @override
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
@@ -253,7 +267,13 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             return  # a save that is not ours (e.g. a user's trainer.save_checkpoint)
         entry = replace(entry, size=written.size, sha256=written.sha256)
         folder = written.path.parent
+        value = entry.metrics.get(self.monitor) if self.monitor else None
         with self._lock:
+            if value is not None and self._is_better(value):
+                for other in self._manifest.newest_first(self.run_id):
+                    other.best = False
+                entry = replace(entry, best=True)
+                self.best_model_path, self.best_model_score = str(written.path), torch.tensor(value)
             self._manifest.add(entry)
             self._apply_retention(folder)
             self._manifest.save(folder)
@@ -273,7 +293,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     def _apply_retention(self, folder: Path) -> None:
         if self.keep_last is None:
             return
-        for old in self._manifest.newest_first(self.run_id)[self.keep_last :]:
+        for old in [e for e in self._manifest.newest_first(self.run_id) if not e.best][self.keep_last :]:
             (folder / old.file).unlink(missing_ok=True)
             self._manifest.discard(old.file)
 

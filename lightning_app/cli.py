@@ -26,6 +26,7 @@ from lightning_app.errors import ConfigError, bad_value
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import restore
+from lightning_app.persistence.manifest import Manifest
 from lightning_app.precision import resolve_precision
 from lightning_app.progress import use_sync_progress_bar
 
@@ -108,6 +109,25 @@ class TrainingCLI(LightningCLI):
         if ckpt_path is None:
             ckpt_path = self._resolve_resume(config.get("resume"), model, datamodule, config.restore)
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+    def validate(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
+        self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._best_path(ckpt_path), **kwargs)
+
+    def test(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
+        self.trainer.test(model, datamodule=datamodule, ckpt_path=self._best_path(ckpt_path), **kwargs)
+
+    def _best_path(self, ckpt_path: str | None) -> str | None:
+        """``--ckpt_path best``: the checkpoint the manifest marks best (``--checkpoint.monitor``)."""
+        if ckpt_path != "best":
+            return ckpt_path
+        folder = Path(self.trainer.checkpoint_callback.dirpath)
+        best = (Manifest.load(folder) or Manifest()).best()
+        if best is None:
+            raise ConfigError(
+                f"--ckpt_path: got 'best'; expected a checkpoint file, or 'best' with a checkpoint marked best in "
+                f"{folder / 'manifest.json'} (train with --checkpoint.monitor val_loss)"
+            )
+        return str(folder / best.file)
 
     def _sync(self) -> KaggleDatasetSync | None:
         return next((cb for cb in self.trainer.callbacks if isinstance(cb, KaggleDatasetSync)), None)

@@ -41,6 +41,7 @@ class CheckpointEntry:
     end_of_epoch: bool = False
     run_id: str = ""  # empty for checkpoints written before runs had ids
     training: dict[str, object] = field(default_factory=dict)  # the resolved training settings of the run
+    best: bool = False  # the run's best by ``--checkpoint.monitor``: kept by retention
     metrics: dict[str, float] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
 
@@ -119,6 +120,10 @@ class Manifest:
         """Forget ``file`` (its checkpoint was deleted); its name is never given to another checkpoint here."""
         if self.entries.pop(file, None) is not None:
             self.retired.add(file)
+
+    def best(self) -> CheckpointEntry | None:
+        """The newest entry marked best (a folder with several runs has one per run)."""
+        return next((e for e in self.newest_first() if e.best), None)
 
     def ever_held(self, file: str) -> bool:
         return file in self.entries or file in self.retired
