@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,10 @@ def train_losses(logs: Path) -> dict[int, str]:
                 if row.get("train_loss"):
                     losses[int(row["step"])] = row["train_loss"]
     return losses
+
+
+def resumed_step(output: str) -> int:
+    """The step of the checkpoint the run's ``Resuming from ...`` line names."""
+    match = re.search(r"Resuming from kaggle_epoch_\d+_[\d-]+\.ckpt \(epoch \d+, step (\d+)\)", output)
+    assert match, output[-3000:]
+    return int(match[1])

@@ -4,7 +4,6 @@ kaggle client (fake server), resume, and end bit for bit where an uninterrupted 
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 import signal
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.cli_helpers import (
     fit_args,
     load,
     newest_checkpoint,
+    resumed_step,
     run,
 )
 from tests.support.kill_switch import kill_config
@@ -30,12 +30,6 @@ def _tree_state(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
     }
-
-
-def _resumed_step(output: str) -> int:
-    match = re.search(r"Resuming from kaggle_epoch_\d+_[\d-]+\.ckpt \(epoch \d+, step (\d+)\)", output)
-    assert match, output[-3000:]
-    return int(match[1])
 
 
 def _session_one(work: Path, env: dict, kind: str, step: int) -> None:
@@ -64,7 +58,7 @@ def test_session_two_resumes_from_an_attached_input_in_the_new_mount_layout(tmp_
     )
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
-    assert _resumed_step(output) == 50
+    assert resumed_step(output) == 50
     assert f"found in {mount}" in output
     assert _tree_state(tmp_path / "input") == before, "the read-only input was written to"
     new = [e for e in Manifest.load(second / "checkpoints").entries.values() if e.file != newest.name]
@@ -85,7 +79,7 @@ def test_session_two_with_nothing_attached_downloads_the_newest_version(tmp_path
     resumed = run(fit_args(*RESUME_FLAGS, "--resume", "--restore.input_dir", str(second / "none")), second, env)
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
-    assert _resumed_step(output) == 50
+    assert resumed_step(output) == 50
     assert f"downloaded from kaggle:{ref}" in output
     assert len(fake_kaggle.calls("DownloadDataset")) == 1
     assert not (second / "checkpoints" / ".remote").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import signal
 from pathlib import Path
@@ -19,6 +18,7 @@ from tests.cli_helpers import (
     fit_args,
     load,
     newest_checkpoint,
+    resumed_step,
     run,
 )
 from tests.support.kill_switch import kill_config
@@ -32,12 +32,6 @@ def _files(folder: Path) -> dict[str, str]:
 
 def _run_ids(folder: Path) -> set[str]:
     return {e.run_id for e in Manifest.load(folder).entries.values()}
-
-
-def _resumed_step(output: str) -> int:
-    match = re.search(r"Resuming from kaggle_epoch_\d+_[\d-]+\.ckpt \(epoch \d+, step (\d+)\)", output)
-    assert match, output[-3000:]
-    return int(match[1])
 
 
 def test_a_new_run_beside_another_leaves_it_alone_publishes_itself_and_resumes_exactly(
@@ -68,7 +62,7 @@ def test_a_new_run_beside_another_leaves_it_alone_publishes_itself_and_resumes_e
     resumed = run(fit_args(*RESUME_FLAGS, "--checkpoint.keep_last", "2", "--resume"), tmp_path, env)
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
-    assert _resumed_step(output) == 50
+    assert resumed_step(output) == 50
     assert f"run {new_id}" in output and f"Left alone: run {other_id}" in output
     assert {n: h for n, h in _files(folder).items() if n in other_files} == other_files, "the other run changed"
     assert_same_training_state(load(newest_checkpoint(folder)), load(newest_checkpoint(uninterrupted / "checkpoints")))
@@ -118,7 +112,7 @@ def test_two_attached_runs_resume_takes_the_most_recently_checkpointed_and_names
     )
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
-    assert _resumed_step(output) == 10 and f"run {recent_id}" in output
+    assert resumed_step(output) == 10 and f"run {recent_id}" in output
     assert f"Left alone: run {longer_id}" in output
 
 
@@ -152,7 +146,7 @@ def test_what_a_kill_at_the_worst_moment_leaves_is_cleaned_up_or_adopted_at_the_
     resumed = run(fit_args(*RESUME_FLAGS, *sync, "--resume", "--trainer.max_steps", "24"), tmp_path, env)
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
-    assert _resumed_step(output) == 20
+    assert resumed_step(output) == 20
     if kind == "KillBeforeManifest":
         assert "adopted 1 complete checkpoints" in output
     else:
