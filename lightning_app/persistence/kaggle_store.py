@@ -12,6 +12,10 @@ server committed, or a child killed mid-call). While the newest version is still
 "busy" and this process polls again with growing pauses, for up to ``ready_timeout``. After publishing, the new
 version's file list is checked (kaggle 1.6 silently drops a file whose upload failed).
 
+``cancel()`` kills this store's running children (each with its whole process group) and ends the ``publish``
+calls in progress; children still running at interpreter exit are killed too, so no abandoned upload can become
+the newest version after the run ended.
+
 Example::
 
     store = KaggleDatasetStore("alice/lm-checkpoints")
@@ -21,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -29,7 +34,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +64,9 @@ _DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9-]{6,50}$")
 DATASET_RULE = "OWNER/SLUG with a slug of 6 to 50 lower-case letters, digits or '-', e.g. alice/rope-small-checkpoints"
 _ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError, "refused": RefusedError}
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+#: Every running child of every store, killed at interpreter exit (a daemon worker's child would outlive us).
+_LIVE: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
 
 
 class KaggleDatasetStore:
@@ -100,9 +110,19 @@ class KaggleDatasetStore:
         self.transfer_rate_floor = float(transfer_rate_floor)
         self.ready_timeout = float(ready_timeout)
         self.description = f"kaggle:{dataset}"
+        self._children: set[subprocess.Popen] = set()
+        self._cancelled_at = float("-inf")  # calls begun before this monotonic time start no more children
 
     def __repr__(self) -> str:
         return f"KaggleDatasetStore({self.dataset!r})"
+
+    def cancel(self) -> None:
+        """Kill the children running now (with their process groups) and end the publishes in progress."""
+        with _LIVE_LOCK:
+            self._cancelled_at = time.monotonic()
+            children = list(self._children)
+        for process in children:
+            _kill(process)
 
     # -- CheckpointStore -----------------------------------------------------------------------------------
 
@@ -123,7 +143,7 @@ class KaggleDatasetStore:
         deadline = time.monotonic() + self.ready_timeout
         pause = self.poll_interval
         try:
-            while (result := self._call("publish", args, total))["outcome"] == "busy":
+            while (result := self._call("publish", args, total, since=start))["outcome"] == "busy":
                 if time.monotonic() + pause > deadline:
                     raise TransientError(
                         f"{self.description}: the newest version is still processing ({result['status']}) "
@@ -177,14 +197,21 @@ class KaggleDatasetStore:
             )
         return _remote(listed)
 
-    def _call(self, op: str, args: dict[str, Any], transfer_bytes: int = 0) -> dict[str, Any]:
-        """Run one ``kaggle_calls`` operation in a child process bounded in time; raise its classified error."""
+    def _call(
+        self, op: str, args: dict[str, Any], transfer_bytes: int = 0, since: float | None = None
+    ) -> dict[str, Any]:
+        """Run one ``kaggle_calls`` operation in a child process bounded in time; raise its classified error.
+
+        ``since``: when the operation began; if ``cancel()`` came after that, no child is started.
+        """
         bound = self.call_timeout + transfer_bytes / self.transfer_rate_floor
         with tempfile.TemporaryDirectory(prefix="kaggle-call-") as tmp:
             args_path, result_path, log_path = (Path(tmp) / n for n in ("args.json", "result.json", "stderr.txt"))
             args_path.write_text(json.dumps(args))
             command = [sys.executable, "-m", "lightning_app.persistence.kaggle_calls", op, str(args_path)]
-            with open(log_path, "wb") as log:
+            with open(log_path, "wb") as log, _LIVE_LOCK:  # under the lock: cancel() sees every child
+                if since is not None and self._cancelled_at >= since:
+                    raise TransientError(f"{self.description}: {op} cancelled")
                 process = subprocess.Popen(
                     [*command, str(result_path)],
                     stdin=subprocess.DEVNULL,
@@ -193,12 +220,16 @@ class KaggleDatasetStore:
                     env=_child_env(),
                     start_new_session=True,  # its own process group: killing it kills anything it started
                 )
-                try:
-                    returncode = process.wait(timeout=bound)
-                except subprocess.TimeoutExpired:
-                    raise TransientError(f"{self.description}: {op} timed out after {bound:.1f} s") from None
-                finally:
-                    _kill(process)
+                self._children.add(process)
+                _LIVE.add(process)
+            try:
+                returncode = process.wait(timeout=bound)
+            except subprocess.TimeoutExpired:
+                raise TransientError(f"{self.description}: {op} timed out after {bound:.1f} s") from None
+            finally:
+                _kill(process)
+                with _LIVE_LOCK:
+                    self._children.discard(process)
             if not result_path.exists():
                 tail = redact_secrets(log_path.read_text(errors="replace")[-800:].strip())
                 error = TransientError if returncode < 0 else StoreError
@@ -258,3 +289,11 @@ def _kill(process: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
     process.wait()
+
+
+@atexit.register
+def _kill_live_children() -> None:
+    with _LIVE_LOCK:
+        children = list(_LIVE)
+    for process in children:
+        _kill(process)

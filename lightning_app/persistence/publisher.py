@@ -109,11 +109,20 @@ class BackgroundPublisher:
                 self._cond.wait(remaining)
         return self.newest_is_published()
 
-    def close(self) -> None:
-        """Stop retrying and let the worker end; a call already running in its child process is abandoned."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop: a job still waiting is discarded, a call still running is killed (``store.cancel()``), and the
+        worker is given up to ``timeout`` s to end; never blocks longer than that."""
         with self._cond:
             self._stop.set()
+            waiting, self._waiting = self._waiting, None
             self._cond.notify_all()
+        if waiting is not None:
+            discard(waiting.folder)
+        cancel = getattr(self.store, "cancel", None)
+        if cancel is not None:
+            cancel()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
