@@ -121,3 +121,20 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, uninter
     output = resumed.stdout + resumed.stderr
     assert f"Skipping {path}" in output
     assert f"Resuming from {previous.file}" in output
+
+
+def test_bf16_mixed_killed_mid_epoch_resumes_bit_for_bit(tmp_path):
+    bf16 = ("--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "2")
+    reference, work = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference.mkdir(), work.mkdir()
+    done = run(fit_args(*FLAGS, *bf16), reference, cli_env(reference / "home"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    env = cli_env(work / "home")
+    killed = run(fit_args(*FLAGS, *bf16, "--config", str(kill_config(work, "KillAtStep", 45))), work, env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run(fit_args(*FLAGS, *bf16, "--resume"), work, env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "(epoch 1, step 40)" in resumed.stdout + resumed.stderr
+    assert_same_training_state(
+        load(newest_checkpoint(work / "checkpoints")), load(newest_checkpoint(reference / "checkpoints"))
+    )
