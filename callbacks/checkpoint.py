@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,8 +22,8 @@ from typing_extensions import override
 from callbacks.checkpoint_io import SnapshotCheckpointIO
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
-from lightning_app.persistence.leftovers import clean_folder
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of, training_differences
+from lightning_app.persistence.checkpoint_folder import CheckpointFolder
+from lightning_app.persistence.manifest import CheckpointEntry, sha256_of, training_differences
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
 log = logging.getLogger("lightning_app.checkpoint")
@@ -67,8 +67,6 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         mode: ``min`` or ``max``: which value of ``monitor`` is best.
     """
 
-    FILE_PREFIX = "kaggle_epoch_"
-
     def __init__(
         self,
         dirpath: str = "checkpoints",
@@ -110,7 +108,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._async = False
         self._pending: dict[str, CheckpointEntry] = {}
         self._lock = threading.Lock()
-        self._manifest = Manifest()
+        self._folder: CheckpointFolder | None = None  # global rank 0's: names, manifest, retention, cleanup
         self._last_save_time = time.monotonic()
         self._save_requested = False
         self._end_of_epoch = False
@@ -167,8 +165,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self.run_id = trainer.strategy.broadcast(uuid.uuid4().hex[:12])
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
-            self._manifest = Manifest.load(folder) or Manifest()
-            if stage == "fit" and (cleanup := clean_folder(folder, self._manifest)).describe():
+            self._folder = CheckpointFolder(folder)
+            if stage == "fit" and (cleanup := self._folder.clean()).describe():
                 log.info(f"{folder}: {cleanup.describe()}")
         # The default IO writes inline; swap in the snapshot writer. A user's own IO plugin is left alone.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -232,7 +230,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             file=name,
             epoch=trainer.current_epoch,
             global_step=trainer.global_step,
-            timestamp=name[len(self.FILE_PREFIX) :].split("_", 1)[1].removesuffix(".ckpt"),
+            timestamp=CheckpointFolder.timestamp_of(name),
             end_of_epoch=self._end_of_epoch,
             run_id=self.run_id,
             training=self.training,
@@ -248,17 +246,12 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             self._file_written(WrittenFile(path, path.stat().st_size, sha256_of(path), 0.0))
 
     def _next_path(self, trainer: pl.Trainer) -> Path:
-        """``kaggle_epoch_<epoch>_<UTC YYYYmmdd-HHMMSS>.ckpt``, with ``-01``, ``-02``... within one second."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        base = f"{self.FILE_PREFIX}{trainer.current_epoch}_{stamp}"
+        """Rank 0's choice of name (see `CheckpointFolder.next_name`); the caller broadcasts it."""
+        if self._folder is None:
+            return Path(self.dirpath) / "not-rank-0.ckpt"
         with self._lock:
             pending = {Path(p).name for p in self._pending}
-            manifest = self._manifest
-        name, seq = f"{base}.ckpt", 0
-        while name in pending or manifest.ever_held(name) or (Path(self.dirpath) / name).exists():
-            seq += 1
-            name = f"{base}-{seq:02d}.ckpt"
-        return Path(self.dirpath) / name
+            return self._folder.path / self._folder.next_name(trainer.current_epoch, pending)
 
     def _file_written(self, written: WrittenFile) -> None:
         with self._lock:
@@ -270,13 +263,9 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         value = entry.metrics.get(self.monitor) if self.monitor else None
         with self._lock:
             if value is not None and self._is_better(value):
-                for other in self._manifest.newest_first(self.run_id):
-                    other.best = False
                 entry = replace(entry, best=True)
                 self.best_model_path, self.best_model_score = str(written.path), torch.tensor(value)
-            self._manifest.add(entry)
-            self._apply_retention(folder)
-            self._manifest.save(folder)
+            self._folder.record(entry, self.keep_last)
         saved = SavedCheckpoint(written.path, entry, folder, written.seconds)
         self.last_saved = saved
         if self.verbose:
@@ -289,13 +278,6 @@ class KaggleModelCheckpoint(ModelCheckpoint):
                 listener(saved)
             except Exception:  # noqa: BLE001 - a listener must never break checkpointing
                 log.exception("checkpoint listener %r failed", listener)
-
-    def _apply_retention(self, folder: Path) -> None:
-        if self.keep_last is None:
-            return
-        for old in [e for e in self._manifest.newest_first(self.run_id) if not e.best][self.keep_last :]:
-            (folder / old.file).unlink(missing_ok=True)
-            self._manifest.discard(old.file)
 
     def _write_failed(self, path: Path, error: BaseException) -> None:
         with self._lock:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import re
 import sys
 import warnings
@@ -27,6 +26,7 @@ from lightning_app.logging_setup import add_logging_callbacks, default_loggers, 
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import restore
 from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.resume import resolve_resume
 from lightning_app.precision import resolve_precision
 from lightning_app.progress import use_sync_progress_bar
 
@@ -41,9 +41,6 @@ SEED_ALIASES = {
     "--epochs": "--trainer.max_epochs",
     "--batch_size": "--data.batch_size",
 }
-
-#: Set by the process that resolved ``--resume``, read by the DDP processes Lightning launches from it.
-RESUME_ENV = "LIGHTNING_APP_RESUME_FROM"
 
 
 def expand_aliases(argv: list[str]) -> list[str]:
@@ -135,36 +132,13 @@ class TrainingCLI(LightningCLI):
     def _resolve_resume(
         self, resume: str | None, model: LanguageModel, datamodule, options: restore.RestoreOptions
     ) -> str | None:
-        checkpoint = self.trainer.checkpoint_callback
-        folder = Path(checkpoint.dirpath)
-        if resume is None:
-            if any(folder.glob("kaggle_epoch_*.ckpt")):
-                log.info(f"Starting fresh: checkpoints in {folder} are left alone (pass --resume to continue)")
-            return None
-        if int(os.environ.get("LOCAL_RANK", "0")) > 0 and RESUME_ENV in os.environ:
-            return os.environ[RESUME_ENV] or None  # a DDP process launched by the one that resolved it
-        if resume == "auto":
+        def store():
             sync = self._sync()
             identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
-            store = sync.store(model.settings(), identity) if sync is not None else None
-            restored = restore.restore_newest(folder, options, store, model.settings())
-            if restored is None:
-                log.info("No checkpoint found to resume from: starting fresh")
-                os.environ[RESUME_ENV] = ""
-                return None
-            chosen, local = restored
-        else:
-            path = Path(resume)
-            if not path.is_file():
-                raise ConfigError(f"--resume: got {resume!r}; expected an existing checkpoint file, or no value")
-            chosen = next((c for c in restore.scan_folder(path.parent, "local") if c.path.name == path.name), None)
-            if chosen is None:
-                raise ConfigError(f"--resume: {resume!r} is not a checkpoint that loads")
-            restore.check_settings(chosen, model.settings())
-            local = restore.make_local(chosen, folder)
-        log.info(restore.explain(chosen))
-        os.environ[RESUME_ENV] = str(local)
-        return str(local)
+            return sync.store(model.settings(), identity) if sync is not None else None
+
+        folder = Path(self.trainer.checkpoint_callback.dirpath)
+        return resolve_resume(resume, folder, options, model.settings(), store)
 
 
 def with_default_config(argv: list[str]) -> list[str]:

@@ -80,8 +80,10 @@ def _assert_complete(saved: SavedCheckpoint) -> None:
     assert saved.entry.file in Manifest.load(saved.folder).entries
 
 
-def test_names_are_unique_within_one_second(tmp_path, monkeypatch):
-    import callbacks.checkpoint as module
+def test_names_are_unique_within_one_second_and_never_reused(tmp_path, monkeypatch):
+    import lightning_app.persistence.checkpoint_folder as module
+    from lightning_app.persistence.checkpoint_folder import CheckpointFolder
+    from lightning_app.persistence.manifest import CheckpointEntry
 
     class _FrozenClock(datetime):
         @classmethod
@@ -89,21 +91,20 @@ def test_names_are_unique_within_one_second(tmp_path, monkeypatch):
             return datetime(2026, 11, 26, 3, 15, 0, tzinfo=timezone.utc)
 
     monkeypatch.setattr(module, "datetime", _FrozenClock)
-    checkpoint = KaggleModelCheckpoint(dirpath=str(tmp_path))
-
-    class _Trainer:
-        current_epoch = 4
-
+    folder = CheckpointFolder(tmp_path)
     names = []
-    for _ in range(3):
-        path = checkpoint._next_path(_Trainer())
-        path.write_bytes(b"x")
-        names.append(path.name)
+    for step in range(3):
+        name = folder.next_name(4)
+        (tmp_path / name).write_bytes(b"x")
+        folder.record(CheckpointEntry(name, 4, step, CheckpointFolder.timestamp_of(name), run_id="r"), keep_last=1)
+        names.append(name)
     assert names == [
         "kaggle_epoch_4_20261126-031500.ckpt",
         "kaggle_epoch_4_20261126-031500-01.ckpt",
         "kaggle_epoch_4_20261126-031500-02.ckpt",
     ]
+    assert not (tmp_path / names[0]).exists(), "retention deleted the oldest"
+    assert folder.next_name(4) == "kaggle_epoch_4_20261126-031500-03.ckpt", "a deleted checkpoint's name came back"
     stamps = [parse_checkpoint_name(n)[1] for n in names]
     assert sorted(stamps) == stamps  # the manifest's timestamp field still sorts in save order
 
