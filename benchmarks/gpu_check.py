@@ -23,11 +23,8 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,7 +33,7 @@ import torch
 
 from benchmarks import checkpoint_stall, throughput
 from benchmarks.common import command_line, make_parser, markdown_table, median, parse, precision_for, print_report
-from tests.cli_helpers import RESUME_FLAGS, cli_env, fit_args, load, newest_checkpoint
+from tests.cli_helpers import RESUME_FLAGS, cli_env, fit_args, load, newest_checkpoint, run_in_group
 from tests.support.kill_switch import kill_config
 
 KILL_STEP = 10  # smoke.yaml with RESUME_FLAGS checkpoints every 10 steps: killed right after the first one
@@ -44,24 +41,10 @@ HEADERS = ("check", "setting", "result", "detail")
 
 
 def cli(work: Path, *args: str, timeout: float = 300) -> tuple[int, str]:
-    """``fit --config configs/smoke.yaml RESUME_FLAGS args`` in ``work``, in its own process group (a killed
-    DDP rank 0 leaves its peer behind: the whole group is killed afterwards); returns (returncode, output)."""
+    """``fit --config configs/smoke.yaml RESUME_FLAGS args`` in ``work``, its process group killed afterwards."""
     work.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        fit_args(*RESUME_FLAGS, *args),
-        cwd=work,
-        env=cli_env(work / "home"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode, output
+    done = run_in_group(fit_args(*RESUME_FLAGS, *args), work, cli_env(work / "home"), timeout)
+    return done.returncode, done.stdout
 
 
 def difference(a: dict, b: dict, optimizer: bool = True) -> tuple[bool, float]:

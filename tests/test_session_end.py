@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +19,7 @@ from tests.cli_helpers import (
     load,
     newest_checkpoint,
     run,
+    run_in_group,
 )
 from tests.fake_kaggle import FakeKaggle
 from tests.support.kill_switch import kill_config
@@ -91,22 +90,7 @@ def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
 
 
 def _ddp_run(work: Path, *extra: str) -> subprocess.CompletedProcess:
-    # A new session: a SIGKILLed rank 0 leaves its DDP peer behind; the whole group is killed afterwards.
-    process = subprocess.Popen(
-        fit_args(*RESUME_FLAGS, *DDP, *extra),
-        cwd=work,
-        env=cli_env(work / "home"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = process.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group outlives its leader: pgid == leader's pid
-            os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+    return run_in_group(fit_args(*RESUME_FLAGS, *DDP, *extra), work, cli_env(work / "home"))  # a new session
 
 
 def test_ddp_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):

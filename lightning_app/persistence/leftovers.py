@@ -10,7 +10,6 @@ A SIGKILL can strike between any two steps of a save, a publish or a restore. Wh
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ from pathlib import Path
 
 from lightning_app.persistence.candidates import entry_from_file
 from lightning_app.persistence.manifest import CHECKPOINT_GLOB, Manifest, sha256_of
-
-log = logging.getLogger("lightning_app.checkpoint")
 
 LEFTOVER_DIRS = (".staging", ".remote")
 
