@@ -16,7 +16,7 @@ from lightning_app.errors import bad_value
 from lightning_app.experiment import experiment_name
 from lightning_app.persistence.kaggle_store import check_dataset
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
-from lightning_app.persistence.publisher import BackgroundPublisher, PublishJob
+from lightning_app.persistence.publisher import BackgroundPublisher, Published, PublishJob
 from lightning_app.persistence.staging import stage_version
 from lightning_app.persistence.store_protocol import CheckpointStore
 
@@ -38,7 +38,9 @@ class KaggleDatasetSync(Callback):
     """After every checkpoint file is complete, publish it (and the manifest) as a new Dataset version.
 
     Only global rank 0 publishes, from one background worker: training never waits for the network. A version
-    holds exactly the newest ``upload_last`` checkpoints and ``manifest.json``, so its size stays flat.
+    holds exactly the newest ``upload_last`` checkpoints and ``manifest.json``, so its size stays flat; with
+    ``upload_best`` it also holds the best checkpoint (``--checkpoint.monitor``) when that changed since the last
+    published version.
 
     Args:
         dataset: OWNER/SLUG of the dataset; default ``<kaggle username>/<experiment name>-checkpoints``, the
@@ -52,6 +54,8 @@ class KaggleDatasetSync(Callback):
         retry_delay: first wait in seconds before retrying a failed publish; it doubles per attempt (with jitter)
             up to 60 s.
         title: dataset title on first creation (default: derived from the slug).
+        upload_best: also publish the best checkpoint by ``--checkpoint.monitor`` in the first version after it
+            changed (it is never uploaded twice while it stays the best).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class KaggleDatasetSync(Callback):
         call_timeout: float = 120.0,
         retry_delay: float = 2.0,
         title: str | None = None,
+        upload_best: bool = False,
     ) -> None:
         if dataset is not None:
             check_dataset("--sync.dataset", dataset)
@@ -77,6 +82,8 @@ class KaggleDatasetSync(Callback):
         self.dataset, self.enabled, self.upload_last = dataset, enabled, upload_last
         self.flush_timeout = parse_duration("--sync.flush_timeout", flush_timeout).total_seconds()
         self.directory, self.call_timeout, self.title = directory, call_timeout, title
+        self.upload_best = upload_best
+        self._published_files: set[str] = set()  # every checkpoint some published version holds
         self.publisher: BackgroundPublisher | None = None
         self._checkpoints: list[KaggleModelCheckpoint] = []
         self._store_resolved = False
@@ -123,7 +130,12 @@ class KaggleDatasetSync(Callback):
         store = self.store(settings, identity)
         if store is None:
             return
-        self.publisher = BackgroundPublisher(store, base_delay=self.retry_delay, max_delay=max(60.0, self.retry_delay))
+        self.publisher = BackgroundPublisher(
+            store,
+            base_delay=self.retry_delay,
+            max_delay=max(60.0, self.retry_delay),
+            on_published=self._note_published,
+        )
         self._checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, KaggleModelCheckpoint)]
         for checkpoint in self._checkpoints:
             checkpoint.add_listener(self._on_checkpoint_saved)
@@ -133,10 +145,23 @@ class KaggleDatasetSync(Callback):
         if self.publisher is None:
             return
         manifest = Manifest.load(saved.folder) or Manifest([saved.entry])
-        staged, files = stage_version(
-            saved.folder, manifest, self.upload_last, saved.folder / STAGING_DIR, saved.entry.run_id
+        run_id = saved.entry.run_id
+        also = self._best_to_add(manifest, run_id)
+        staged, _files = stage_version(
+            saved.folder, manifest, self.upload_last, saved.folder / STAGING_DIR, run_id, also
         )
-        self.publisher.submit(PublishJob(staged, version_notes(saved.entry), saved.entry))
+        notes = version_notes(saved.entry) + (f", with the best checkpoint {also[0]}" if also else "")
+        self.publisher.submit(PublishJob(staged, notes, saved.entry))
+
+    def _best_to_add(self, manifest: Manifest, run_id: str | None) -> list[str]:
+        """This run's best checkpoint, when ``upload_best`` is on and no published version holds it yet."""
+        if not self.upload_best:
+            return []
+        best = next((e for e in manifest.newest_first(run_id) if e.best), None)
+        return [best.file] if best is not None and best.file not in self._published_files else []
+
+    def _note_published(self, published: Published) -> None:
+        self._published_files.update(f.name for f in published.version.files if f.name.endswith(".ckpt"))
 
     def status(self) -> str:
         """A few words for the progress bar: the last published version and what is pending."""

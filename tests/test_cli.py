@@ -69,6 +69,7 @@ def test_help_documents_every_group(capsys):
         "--checkpoint.every_n_train_steps",
         "--sync.dataset",
         "--sync.upload_last",
+        "--sync.upload_best",
         "--restore.input_dir",
         "--resume",
         "--trainer.max_epochs",
