@@ -179,6 +179,10 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._last_save_time = time.monotonic()
 
     @override
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        self._writer.before_optimizer_step()  # a GPU copy of the last save may still be reading the weights
+
+    @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         if self._should_skip_saving_checkpoint(trainer):
             return

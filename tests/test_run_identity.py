@@ -99,12 +99,16 @@ def test_leftovers_of_a_killed_run_are_removed_and_an_orphan_is_adopted(tmp_path
     os.link(kept, staged / kept.name)  # a link to a checkpoint that is still there: frees nothing
     (tmp_path / f".{kept.name}.tmp").write_bytes(b"y" * 300)
     (tmp_path / f".{kept.name}.k3j4h5").write_bytes(b"z" * 200)
+    being_written = tmp_path / ".kaggle_epoch_1_20261202-090500.ckpt.tmp"  # torch's writer, killed mid-file
+    being_written.mkdir()
+    (being_written / "archive").write_bytes(b"w" * 400)
     (tmp_path / "notes.txt").write_text("mine")
 
     manifest = Manifest.load(tmp_path)
     cleanup = clean_folder(tmp_path, manifest)
-    assert sorted(p.name for p in cleanup.removed) == sorted([".staging", f".{kept.name}.tmp", f".{kept.name}.k3j4h5"])
-    assert cleanup.freed_bytes == 1500
+    removed = [".staging", f".{kept.name}.tmp", f".{kept.name}.k3j4h5", being_written.name]
+    assert sorted(p.name for p in cleanup.removed) == sorted(removed)
+    assert cleanup.freed_bytes == 1900
     assert cleanup.adopted == [orphan.name]
     assert Manifest.load(tmp_path).entries[orphan.name].sha256 == sha256_of(orphan)
     assert Manifest.load(tmp_path).entries[orphan.name].run_id == "run"

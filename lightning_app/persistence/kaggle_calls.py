@@ -292,5 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: An upload yields the CPU to training (its hashing and TLS compete with the training threads otherwise).
+UPLOAD_NICENESS = 10
+
 if __name__ == "__main__":
+    os.nice(UPLOAD_NICENESS)
     sys.exit(main())

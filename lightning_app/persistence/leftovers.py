@@ -68,9 +68,12 @@ def clean_folder(folder: Path, manifest: Manifest) -> Cleanup:
             cleanup.freed_bytes += _freed(path)
             shutil.rmtree(path, ignore_errors=True)
             cleanup.removed.append(path)
-        elif _is_temporary(entry.name) and entry.is_file(follow_symlinks=False):
+        elif _is_temporary(entry.name) and not entry.is_symlink():
             cleanup.freed_bytes += _freed(path)
-            path.unlink(missing_ok=True)
+            if entry.is_dir():  # a checkpoint being written: `.<name>.tmp/archive`
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             cleanup.removed.append(path)
     for path in sorted(folder.glob(CHECKPOINT_GLOB)):
         if path.name in manifest.entries or not path.is_file():

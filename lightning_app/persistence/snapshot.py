@@ -1,11 +1,13 @@
 """Non-blocking checkpoint writes: the caller waits only for a consistent copy of the state in host memory.
 
 ``SnapshotWriter.submit(state, path)`` copies every tensor of ``state`` into host buffers that are reused from
-one save to the next (pinned memory for GPU tensors, so the copy is a fast DMA and needs no extra GPU memory),
-then returns. A background thread serialises the copy with ``torch.save``, hashing the bytes as they are
-written, writes ``.<name>.tmp`` beside the target, fsyncs and renames it into place, and reports the finished
-file. At most one snapshot is in flight: a second ``submit`` first waits for the previous write, so the memory
-this costs is bounded by one copy of the state in host RAM.
+one save to the next, then returns. GPU tensors go to pinned buffers on a side stream, ordered after the work
+already queued on the training stream: the caller does not wait for them at all, and the next optimizer step
+waits (on the GPU, not the host) only if the copy is not done by then (``before_optimizer_step``). CPU tensors
+are copied inline. A background thread at low priority then writes the copy with torch's own file writer into
+``.<name>.tmp/archive``, fsyncs it, hashes it in large chunks, and renames it into place. At most one snapshot is
+in flight: a second ``submit`` first waits for the previous write, so the memory this costs is bounded by one
+copy of the state in host RAM, and no GPU memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -32,36 +35,45 @@ class WrittenFile:
     seconds: float
 
 
-class _HashingWriter:
-    """A file object for `torch.save` that hashes and counts the bytes on their way to disk."""
+#: How much lower than training the writer thread runs (Linux gives every thread its own nice value).
+WRITER_NICENESS = 10
+_CHUNK = 1 << 24
 
-    def __init__(self, file) -> None:
-        self.file, self.digest, self.size = file, hashlib.sha256(), 0
 
-    def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.file.write(data)
+def lower_thread_priority(niceness: int = WRITER_NICENESS) -> None:
+    """Make the calling thread yield the CPU to training threads (Linux; a no-op where it is not possible)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + niceness))
+    except (AttributeError, OSError):
+        pass
 
-    def flush(self) -> None:
-        self.file.flush()
+
+def _sync_and_hash(path: Path) -> tuple[int, str]:
+    """fsync ``path`` and hash it in large chunks (hashlib and reads release the GIL; the pages are cached)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb", buffering=0) as f:
+        os.fsync(f.fileno())
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def write_atomically(state: object, path: Path) -> WrittenFile:
-    """`torch.save` to ``.<name>.tmp`` beside ``path``, fsync, rename: a reader never sees a torn file."""
+    """`torch.save` into ``.<name>.tmp/archive`` beside ``path``, fsync, hash, rename: a reader never sees a torn
+    file. torch's file writer names the zip's root folder after the file, so the file is called ``archive``:
+    the bytes are exactly those `torch.save` writes into a buffer."""
     start = time.monotonic()
-    tmp = path.with_name(f".{path.name}.tmp")
+    scratch = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            writer = _HashingWriter(f)
-            torch.save(state, writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return WrittenFile(path, writer.size, writer.digest.hexdigest(), time.monotonic() - start)
+        scratch.mkdir(exist_ok=True)
+        torch.save(state, str(scratch / "archive"))
+        size, sha256 = _sync_and_hash(scratch / "archive")
+        os.replace(scratch / "archive", path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return WrittenFile(path, size, sha256, time.monotonic() - start)
 
 
 class HostSnapshot:
@@ -70,17 +82,28 @@ class HostSnapshot:
     def __init__(self, pin_memory: bool | None = None) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
         self._pin = pin_memory
+        self._stream: torch.cuda.Stream | None = None
+        #: Recorded on the side stream after the last copy from a GPU; None when it had no GPU tensors.
+        self.copied: torch.cuda.Event | None = None
 
     @property
     def nbytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     def copy(self, state: object) -> object:
+        """Host copies of ``state``'s tensors; those from a GPU are in flight until ``copied`` has happened."""
         aliases: dict[tuple, torch.Tensor] = {}
-        copied = self._copy(state, (), aliases)
-        # The keys hold the source devices (the values are the host buffers, never on the GPU).
-        if any(source_device.type == "cuda" for source_device, *_ in aliases):
-            torch.cuda.synchronize()  # the non_blocking copies must land before the writer reads the buffers
+        self.copied = None
+        if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+            return self._copy(state, (), aliases)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        self._stream.wait_stream(torch.cuda.current_stream())  # after the step that produced this state
+        with torch.cuda.stream(self._stream):
+            copied = self._copy(state, (), aliases)
+        if any(source_device.type == "cuda" for source_device, *_ in aliases):  # the keys hold source devices
+            self.copied = torch.cuda.Event()
+            self.copied.record(self._stream)
         return copied
 
     def _copy(self, obj: object, key: tuple, aliases: dict) -> object:
@@ -112,6 +135,8 @@ class HostSnapshot:
             buffer = torch.empty(source.shape, dtype=source.dtype, device="cpu", pin_memory=pin)
             self._buffers[key] = buffer
         buffer.copy_(source, non_blocking=source.is_cuda)
+        if source.is_cuda:  # a temporary freed meanwhile must not be reused before the side stream has read it
+            source.record_stream(torch.cuda.current_stream())
         aliases[alias] = buffer
         return buffer
 
@@ -134,6 +159,7 @@ class SnapshotWriter:
         self._idle = threading.Event()
         self._idle.set()
         self._thread: threading.Thread | None = None
+        self._copied: torch.cuda.Event | None = None
         self.last_blocked_seconds = 0.0
 
     def submit(self, state: object, path: str | os.PathLike) -> None:
@@ -141,10 +167,19 @@ class SnapshotWriter:
         start = time.monotonic()
         self.wait()  # one snapshot in flight: its buffers are about to be reused
         copied = self._snapshot.copy(state)
+        self._copied = self._snapshot.copied
         self._idle.clear()
-        self._thread = threading.Thread(target=self._write, args=(copied, Path(path)), name="ckpt-writer")
+        args = (copied, Path(path), self._copied)
+        self._thread = threading.Thread(target=self._write, args=args, name="ckpt-writer")
         self._thread.start()
         self.last_blocked_seconds = time.monotonic() - start
+
+    def before_optimizer_step(self) -> None:
+        """The weights are about to change: the training stream waits (on the GPU) for a copy still in flight."""
+        if self._copied is not None:
+            if not self._copied.query():
+                torch.cuda.current_stream().wait_event(self._copied)
+            self._copied = None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the pending write (if any) is on disk; False if ``timeout`` passed first."""
@@ -154,8 +189,11 @@ class SnapshotWriter:
     def busy(self) -> bool:
         return not self._idle.is_set()
 
-    def _write(self, state: object, path: Path) -> None:
+    def _write(self, state: object, path: Path, copied: torch.cuda.Event | None) -> None:
+        lower_thread_priority()
         try:
+            if copied is not None:
+                copied.synchronize()
             written = write_atomically(state, path)
         except BaseException as error:  # noqa: BLE001 - reported, never raised into training
             self._report(self._on_error, path, error)

@@ -5,11 +5,13 @@ Added to a run with a second config file (see `kill_config`); production code ha
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
@@ -68,14 +70,18 @@ class KillDuringCheckpointWrite(Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step != self.global_step:
             return
-        original = snapshot._HashingWriter.write
+        real_save = torch.save
 
-        def write(writer, data):
-            if writer.size > 100_000:  # some bytes are on disk, the rest never will be
-                _die()
-            return original(writer, data)
+        def save(state, f, *args, **kwargs):
+            buffer = io.BytesIO()
+            real_save(state, buffer, *args, **kwargs)
+            with open(f, "wb") as out:  # some bytes are on disk, the rest never will be
+                out.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+                out.flush()
+                os.fsync(out.fileno())
+            _die()
 
-        snapshot._HashingWriter.write = write
+        snapshot.torch.save = save
 
 
 class KillBeforeManifest(Callback):
