@@ -8,7 +8,13 @@ fused, the module's two parameter groups and warmup-cosine schedule; SDPA attent
   ``KaggleModelCheckpoint``, ``KaggleDatasetSync`` publishing to a ``DirectoryStore``, the CLI's logger and
   progress bar (drawn into ``/dev/null``); no checkpoint falls inside the timed steps.
 - **fit + saves**: the same with a step checkpoint every ``--every-n-steps`` steps, each also published, inside
-  the timed steps: what the checkpoint copy and the background writer and publisher cost the loop.
+  the timed steps: what the checkpoint copy and the background writer and publisher cost the loop. Beside it, a
+  plain ``torch.save`` + fsync of the same checkpoint (its newest file, loaded back) is timed in the same run:
+  the training time lost per save is reported as a ratio to what saving inline would have cost.
+
+On CPU each setting runs in two regimes (``--regimes``, torch threads per run): one thread, which leaves a core
+free for the writer as a GPU run does, and one thread per core, where the writer and the upload compete with
+training.
 
 Each arm reads the clock (after ``torch.cuda.synchronize`` on GPU) at the end of step ``warmup`` and of step
 ``warmup + steps``: start-up, compilation and the first steps are left out. The arms alternate ``--repeats``
@@ -24,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
 import tempfile
 import time
@@ -77,6 +84,7 @@ class Setting:
         steps: timed steps.
         every_n_steps: the step-checkpoint (and publish) interval of the "fit + saves" arm.
         compile: run the model through ``torch.compile`` in both arms.
+        threads: torch CPU threads for every arm (None: leave torch's setting alone).
         overrides: ``(field, value)`` pairs that override the size preset (``d_model``, ``n_layers``...).
     """
 
@@ -87,6 +95,7 @@ class Setting:
     steps: int
     every_n_steps: int | None
     compile: bool = False
+    threads: int | None = None
     overrides: tuple[tuple[str, int], ...] = ()
 
     @property
@@ -103,7 +112,7 @@ class Setting:
 
 
 SETTINGS: dict[tuple[str, bool], list[Setting]] = {
-    ("cpu", False): [Setting("tiny", 16, 128, 10, 80, 40), Setting("small", 4, 128, 3, 20, 10)],
+    ("cpu", False): [Setting("tiny", 16, 128, 10, 80, 40), Setting("small", 4, 128, 3, 40, 10)],
     ("cuda", False): [Setting("small", 32, 512, 20, 200, 100), Setting("base", 16, 1024, 20, 100, 50)],
     ("cpu", True): [Setting("tiny", 8, 32, 2, 6, 3)],
     ("cuda", True): [Setting("tiny", 8, 32, 2, 6, 3)],
@@ -212,19 +221,33 @@ def fit_config(setting: Setting, device: str, precision: str) -> dict:
     }
 
 
-def fit_arm(setting: Setting, device: str, precision: str, workdir: Path) -> float:
-    """Seconds for the timed steps of ``fit`` with the project's callbacks, run in the empty folder ``workdir``."""
+def fit_arm(setting: Setting, device: str, precision: str, workdir: Path) -> tuple[float, float | None]:
+    """Seconds for the timed steps of ``fit`` with the project's callbacks, run in the empty folder ``workdir``,
+    and those of a plain ``torch.save`` + fsync of its newest checkpoint (None when it saved none)."""
     shutil.rmtree(workdir, ignore_errors=True)
     timer = StepTimer(setting.warmup, setting.steps, device)
     config = write_config(workdir / "fit.yaml", fit_config(setting, device, precision))
     try:
         with working_directory(workdir), quiet():
             run_fit(config, callbacks=[timer])
+        saved = sorted((workdir / "checkpoints").glob("kaggle_epoch_*.ckpt"), key=lambda p: p.stat().st_mtime)
+        inline = plain_save_seconds(saved[-1], workdir / "inline.ckpt") if saved else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if timer.seconds is None:
         raise RuntimeError("fit ended before the timed steps were done")
-    return timer.seconds
+    return timer.seconds, inline
+
+
+def plain_save_seconds(checkpoint: Path, target: Path) -> float:
+    """What saving inline costs: ``torch.save`` of the same state to a file, then fsync."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    start = time.perf_counter()
+    with open(target, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - start
 
 
 ARMS = ("plain", "fit", "fit + saves")
@@ -234,16 +257,26 @@ def measure(setting: Setting, device: str, repeats: int, workdir: Path) -> tuple
     """One table row, and each arm's median tokens/s: the arms alternate ``repeats`` times (their order rotates)."""
     precision = precision_for(device)
     seconds: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for repeat in range(repeats):
-        for arm in ARMS[repeat % 3 :] + ARMS[: repeat % 3]:
-            if arm == "plain":
-                seconds[arm].append(plain_loop(setting, device, precision))
-                continue
-            arm_setting = setting if arm == "fit + saves" else replace(setting, every_n_steps=None)
-            seconds[arm].append(fit_arm(arm_setting, device, precision, workdir / f"{setting.size}-{repeat}"))
+    inline: list[float] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(setting.threads or threads)
+    try:
+        for repeat in range(repeats):
+            for arm in ARMS[repeat % 3 :] + ARMS[: repeat % 3]:
+                if arm == "plain":
+                    seconds[arm].append(plain_loop(setting, device, precision))
+                    continue
+                arm_setting = setting if arm == "fit + saves" else replace(setting, every_n_steps=None)
+                took, saved = fit_arm(arm_setting, device, precision, workdir / f"{setting.size}-{repeat}")
+                seconds[arm].append(took)
+                if arm == "fit + saves" and saved is not None:
+                    inline.append(saved)
+    finally:
+        torch.set_num_threads(threads)
     tokens = setting.steps * setting.tokens_per_step
     cells = [
         setting.size + (" (torch.compile)" if setting.compile else ""),
+        str(setting.threads or threads),
         precision,
         f"{setting.batch_size}x{setting.seq_len}",
         f"{setting.steps} (+{setting.warmup})",
@@ -254,12 +287,15 @@ def measure(setting: Setting, device: str, repeats: int, workdir: Path) -> tuple
         cells += [f"{tokens / median(seconds[arm]):,.0f}", f"{median(ratios):.3f} ({spread(ratios, 3)})"]
     saves = setting.saves_timed
     lost = (median(seconds["fit + saves"]) - median(seconds["fit"])) / saves if saves else float("nan")
-    cells += [f"{saves} (every {setting.every_n_steps})", f"{lost:.2f}"]
+    plain_save = median(inline) if inline else float("nan")
+    cells += [f"{saves} (every {setting.every_n_steps})", f"{lost:.2f}", f"{plain_save:.2f}"]
+    cells.append(f"{lost / plain_save:.2f}x")
     return cells, {arm: tokens / median(times) for arm, times in seconds.items()}
 
 
 HEADERS = (
     "model",
+    "torch threads",
     "precision",
     "batch x seq",
     "timed steps (+warm-up)",
@@ -270,6 +306,8 @@ HEADERS = (
     "fit + saves / plain (range)",
     "saves timed",
     "loop s lost / save",
+    "torch.save + fsync s",
+    "lost / torch.save",
 )
 
 
@@ -280,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also run both arms under torch.compile")
     parser.add_argument("--no-eager", action="store_true", help="with --compile: only the compiled rows")
     parser.add_argument("--every-n-steps", type=int, help="the fit arm's step-checkpoint interval")
+    parser.add_argument(
+        "--regimes", nargs="+", type=int, help="torch threads, a row each (CPU default: 1, one per core)"
+    )
     args = parse(parser, argv)
     repeats = args.repeats or (1 if args.quick else 3)
     settings = SETTINGS[(args.device, args.quick)]
@@ -289,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings = [known.get(size) or replace(settings[0], size=size) for size in args.sizes]
     if args.every_n_steps:
         settings = [replace(s, every_n_steps=args.every_n_steps) for s in settings]
+    regimes = args.regimes or ([1, os.cpu_count() or 1] if args.device == "cpu" and not args.threads else [])
+    if regimes:
+        settings = [replace(s, threads=n) for s in settings for n in dict.fromkeys(regimes)]
     if args.compile:
         compiled = [replace(s, compile=True) for s in settings]
         settings = compiled if args.no_eager else [x for pair in zip(settings, compiled) for x in pair]
@@ -304,7 +348,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "KaggleDatasetSync publishing to a DirectoryStore, no save inside the timed steps; fit + saves = the same "
         "with step checkpoints, each also published, inside the timed steps; loop s lost / save = (fit + saves "
         "time - fit time) / saves, the training time one checkpoint + publish costs (amortise it over your "
-        "checkpoint interval). Goal: fit / plain >= 0.98."
+        "checkpoint interval); torch.save + fsync = the median time to save the newest of those checkpoints inline, in "
+        "the same run; lost / torch.save = their ratio. Goals: fit / plain >= 0.98; lost / torch.save <= 0.2x with a "
+        "core free (1 thread), <= 1.0x with every core training."
     ]
     notes += _compile_notes(rates)
     command = command_line("benchmarks.throughput", argv)
