@@ -232,7 +232,8 @@ HEADERS = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> dict[str, Saves]:
+    """Print the report; returns what each arm measured (unrounded)."""
     parser = make_parser(__doc__.split("\n", 1)[0])
     parser.add_argument("--size", help="model size (default: base; tiny with --quick)")
     parser.add_argument("--saves", type=int, help="timed saves per run after the first (default 3; 1 with --quick)")
@@ -260,6 +261,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     command = command_line("benchmarks.checkpoint_stall", argv)
     print_report("Checkpoint stall", args.device, command, markdown_table(HEADERS, rows), notes)
+    return records
 
 
 if __name__ == "__main__":

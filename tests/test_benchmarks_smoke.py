@@ -22,8 +22,10 @@ def _table(out: str) -> list[list[str]]:
     return [[cell.strip() for cell in row.strip("|").split("|")] for i, row in enumerate(rows) if i != 1]
 
 
-def _report(capsys, main, title: str) -> list[list[str]]:
-    main(["--quick", "--device", "cpu"])
+def _report(capsys, main, title: str, returned: list | None = None) -> list[list[str]]:
+    result = main(["--quick", "--device", "cpu"])
+    if returned is not None:
+        returned.append(result)
     out = capsys.readouterr().out
     assert f"### {title}" in out and "Machine: " in out and "--quick" in out
     return _table(out)
@@ -37,12 +39,16 @@ def test_throughput_quick(capsys):
 
 
 def test_checkpoint_stall_quick(capsys):
-    header, *rows = _report(capsys, checkpoint_stall.main, "Checkpoint stall")
+    returned: list = []
+    header, *rows = _report(capsys, checkpoint_stall.main, "Checkpoint stall", returned)
     assert [r[0] for r in rows] == ["host copy (bare)", "project: KaggleModelCheckpoint", "stock: ModelCheckpoint"]
     for row in rows:
-        cells = dict(zip(header, row))
-        assert float(cells["blocked s / save (median)"]) > 0 and RATIO.fullmatch(cells["vs host copy"])
-    assert float(dict(zip(header, rows[1]))["background write s"]) > 0
+        assert RATIO.fullmatch(dict(zip(header, row))["vs host copy"])
+    # What was measured, not its rounding: a tiny model's copy can print as 0.000 s on a quiet machine.
+    (records,) = returned
+    for arm, saves in records.items():
+        assert saves.blocked and all(seconds > 0 for seconds in saves.blocked), arm
+    assert records["project"].background and all(seconds > 0 for seconds in records["project"].background)
 
 
 @pytest.mark.slow
