@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 import zipfile
 
 import pytest
@@ -36,38 +34,7 @@ def test_refuses_zip_slip(tmp_path, evil):
     assert not (tmp_path / "evil").exists() and not (tmp_path / "out" / "evil").exists()
 
 
-def _tar(path, add):
-    with tarfile.open(path, "w:gz") as archive:
-        add(archive)
-    return path
-
-
-def _file(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
-
-
-def test_extracts_a_normal_tar(tmp_path):
-    archive = _tar(tmp_path / "ok.tar.gz", lambda t: _file(t, "dir/a.bin", b"abc"))
-    assert [p.name for p in safe_extract(archive, tmp_path / "out")] == ["a.bin"]
-    assert (tmp_path / "out" / "dir" / "a.bin").read_bytes() == b"abc"
-
-
-def test_refuses_tar_links_and_escapes(tmp_path):
-    def add_link(archive):
-        link = tarfile.TarInfo("innocent")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        archive.addfile(link)
-
-    with pytest.raises(StoreError, match="'innocent' is a link"):
-        safe_extract(_tar(tmp_path / "link.tar.gz", add_link), tmp_path / "out")
-    with pytest.raises(StoreError, match="outside"):
-        safe_extract(_tar(tmp_path / "up.tar.gz", lambda t: _file(t, "../up", b"x")), tmp_path / "out")
-    assert not (tmp_path / "up").exists()
-
-
 def test_refuses_what_is_not_an_archive(tmp_path):
     (tmp_path / "x.zip").write_bytes(b"not a zip at all")
-    with pytest.raises(StoreError, match="neither a zip nor a tar"):
+    with pytest.raises(StoreError, match="cannot unpack x.zip"):
         safe_extract(tmp_path / "x.zip", tmp_path / "out")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.directory_store import DirectoryStore
+from lightning_app.persistence.directory_store import NOTES_NAME, DirectoryStore
 from lightning_app.persistence.store_protocol import (
     CheckpointStore,
     NotFoundError,
@@ -43,7 +43,8 @@ def test_publish_list_fetch(tmp_path):
     assert second.number == 2 and store.versions() == [1, 2]
     assert store.list_files() == [RemoteFile("b.ckpt", 5)]  # nothing carried over
     assert store.list_files(1) == list(first.files)
-    assert store.notes(1) == "epoch 0" and store.notes() == "epoch 1"
+    notes = [(tmp_path / "drive" / "ckpts" / f"v{n}" / NOTES_NAME).read_text() for n in (1, 2)]
+    assert notes == ["epoch 0", "epoch 1"]
 
     dest = store.fetch(tmp_path / "restore" / "here", 1)
     assert sorted(p.name for p in dest.iterdir()) == ["a.ckpt", "manifest.json"]

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from lightning_app.errors import ConfigError
 from lightning_app.persistence.directory_store import DirectoryStore
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
-from lightning_app.persistence.restore import RestoreOptions, check_settings, collect, make_local
+from lightning_app.persistence.restore import RestoreOptions, check_settings, collect, folder_lock, make_local
 
 SETTINGS = {"pe_type": "rope", "model_size": "tiny", "vocab_size": 32}
 
@@ -134,3 +135,16 @@ def test_processes_that_restore_together_download_once(tmp_path):
     assert len(fetches) == 1
     assert {local for _chosen, local in results} == {work / next(work.glob("kaggle_epoch_*.ckpt")).name}
     assert not (work / ".remote").exists()
+
+
+def test_a_restore_lock_held_too_long_is_one_line_naming_the_lock(tmp_path):
+    held = FileLock(tmp_path / ".restore.lock")
+    held.acquire()
+    waited = r"another process has been restoring into .* delete .*\.restore\.lock"
+    try:
+        with pytest.raises(ConfigError, match=waited), folder_lock(tmp_path, timeout=0.05):
+            pass
+    finally:
+        held.release()
+    with folder_lock(tmp_path, timeout=0.05):  # free again: taken at once
+        pass

@@ -86,11 +86,6 @@ class DirectoryStore:
             raise TransientError(f"{self.description}: cannot fetch {folder.name}: {error}") from error
         return dest
 
-    def notes(self, version: int | None = None) -> str:
-        """The notes given when ``version`` (default newest) was published."""
-        path = self._version_folder(version) / NOTES_NAME
-        return path.read_text() if path.exists() else ""
-
     def versions(self) -> list[int]:
         """Published version numbers, ascending."""
         if not self.root.is_dir():

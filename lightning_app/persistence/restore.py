@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from lightning_app.errors import ConfigError
 from lightning_app.persistence.candidates import (
     Candidate,
@@ -57,7 +59,6 @@ class Inventory:
     candidates: list[Candidate] = field(default_factory=list)
     chosen: Candidate | None = None
     left_alone: list[list[Candidate]] = field(default_factory=list)  # other runs, each newest first
-    remote_error: str | None = None
 
 
 def collect(
@@ -78,7 +79,6 @@ def collect(
         try:
             inventory.candidates += _remote_candidates(store, options.version, inventory.candidates, download_dir)
         except StoreError as error:
-            inventory.remote_error = f"{store.description}: {error}"
             log.warning(f"Could not look at {store.description} ({error}); using local and attached checkpoints")
     inventory.chosen, inventory.left_alone = choose(inventory.candidates, settings, options.run)
     return inventory
@@ -155,21 +155,26 @@ def _same_file(path: Path, entry: CheckpointEntry) -> bool:
     return verify(probe) is None
 
 
+#: How long a process waits for another one restoring into the same folder (a download of a large checkpoint).
+LOCK_TIMEOUT_S = 1800.0
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder`` shared by the processes of one machine (``flock``; none where missing)."""
+def folder_lock(folder: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive lock on ``folder`` shared by the processes of one machine, waited for at most ``timeout`` s."""
     folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / ".restore.lock")
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise ConfigError(
+            f"--resume: another process has been restoring into {folder} for {timeout:.0f} s; if none is running, "
+            f"delete {lock.lock_file}"
+        ) from None
+    try:
         yield
-        return
-    with open(folder / ".restore.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def restore_newest(
