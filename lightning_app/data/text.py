@@ -20,6 +20,7 @@ from typing import Any
 
 from typing_extensions import override
 
+from lightning_app.atomic import atomic_file
 from lightning_app.data.base import TokenWindowDataModule, TokenWindows
 from lightning_app.errors import ConfigError, bad_value
 
@@ -156,19 +157,12 @@ class TextDataModule(TokenWindowDataModule):
         if len(self.files) == 1 or (target.is_file() and target.stat().st_size == self.num_tokens):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # same folder: os.replace is atomic
-        try:
-            with open(tmp, "wb") as out:
-                for file in self.files:
-                    with open(file, "rb") as src:
-                        shutil.copyfileobj(src, out, _CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            if tmp.stat().st_size != self.num_tokens:
+        with atomic_file(target) as out:
+            for file in self.files:
+                with open(file, "rb") as src:
+                    shutil.copyfileobj(src, out, _CHUNK)
+            if out.tell() != self.num_tokens:
                 raise ConfigError(f"--data.path: the files under {self.path!r} changed while being read; run again")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
         return target
 
     def _build_datasets(self) -> tuple[TokenWindows, TokenWindows]:

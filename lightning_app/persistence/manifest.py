@@ -22,6 +22,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from lightning_app.atomic import write_bytes_atomically
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = 1
 CHECKPOINT_GLOB = "kaggle_epoch_*.ckpt"
@@ -74,17 +76,6 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``.<name>.tmp`` beside the target, fsync, then ``os.replace``: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class Manifest:
     """The entries of one checkpoint folder, keyed by file name."""
 
@@ -105,7 +96,7 @@ class Manifest:
 
     def save(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / MANIFEST_NAME
-        atomic_write_bytes(path, self.to_json().encode())
+        write_bytes_atomically(path, self.to_json().encode())
         return path
 
     def to_json(self) -> str:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from lightning_app.atomic import atomic_file
 from lightning_app.errors import ConfigError
 from lightning_app.persistence.candidates import (
     Candidate,
@@ -138,12 +138,8 @@ def make_local(candidate: Candidate, checkpoint_dir: Path) -> Path:
     if candidate.path.resolve() == target.resolve():
         return target
     if not (target.is_file() and _same_file(target, candidate.entry)):
-        with (
-            tempfile.NamedTemporaryFile(dir=checkpoint_dir, prefix=f".{target.name}.", delete=False) as tmp,
-            open(candidate.path, "rb") as source,
-        ):
-            shutil.copyfileobj(source, tmp, length=1 << 24)
-        Path(tmp.name).replace(target)
+        with atomic_file(target) as copy, open(candidate.path, "rb") as source:
+            shutil.copyfileobj(source, copy, length=1 << 24)
     manifest = Manifest.load(checkpoint_dir) or Manifest()
     manifest.add(candidate.entry)
     manifest.save(checkpoint_dir)
