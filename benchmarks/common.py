@@ -191,17 +191,6 @@ def run_fit(config_path: Path, callbacks: Sequence = (), extra_args: Sequence[st
 
     Run it inside `working_directory`: the CLI's defaults (``logs/``, ``checkpoints/``) are relative paths.
     """
-    import pytorch_lightning as pl
+    from lightning_app.cli import make_cli
 
-    from lightning_app.cli import TrainingCLI
-    from lightning_app.module import LanguageModel
-
-    return TrainingCLI(
-        LanguageModel,
-        pl.LightningDataModule,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
-        trainer_defaults={"callbacks": list(callbacks)},
-        args=["fit", "--config", str(config_path), *extra_args],
-    )
+    return make_cli(["fit", "--config", str(config_path), *extra_args], callbacks)

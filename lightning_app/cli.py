@@ -13,9 +13,11 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.checkpoint import KaggleModelCheckpoint
@@ -62,6 +64,19 @@ def check_sequence_length(model: LanguageModel, datamodule) -> None:
             seq_len,
             f"an integer <= {limit} for pe_type {model.hparams.pe_type!r} (raise --model.max_seq_len to allow more)",
         )
+
+
+def make_cli(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TrainingCLI:
+    """Parse ``args`` (default: ``sys.argv``) and run the command, with ``callbacks`` added to the trainer's."""
+    return TrainingCLI(
+        LanguageModel,
+        pl.LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
+        args=args,
+    )
 
 
 class TrainingCLI(LightningCLI):
@@ -213,13 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     try:
-        TrainingCLI(
-            LanguageModel,
-            pl.LightningDataModule,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},
-        )
+        make_cli()
     except Exception as error:
         message = one_line(error)
         if message is None:
