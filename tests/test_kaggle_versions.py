@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -148,3 +149,31 @@ def test_403_that_goes_on_is_a_refusal_after_the_bound(store, stage, fake_kaggle
     with pytest.raises(RefusedError, match="HTTP 403"):
         store.publish(stage("two", {"b.ckpt": b"2"}), "two")
     assert _creates(fake_kaggle) == [200] + [403] * (store.first_version_403_tries + 1)
+
+
+@pytest.mark.parametrize("delete_old", [False, True])
+def test_stored_size_is_logged_and_delete_old_versions_keeps_one(kaggle_env, stage, fake_kaggle, caplog, delete_old):
+    store = KaggleDatasetStore(REF, call_timeout=30.0, delete_old_versions=delete_old)
+    store.poll_interval = store.settle_pause = 0.01
+    publisher = _publisher(store)
+    try:
+        with caplog.at_level(logging.INFO, logger="lightning_app.sync"):
+            for step in (1, 2, 3):
+                publisher.submit(_job(stage, step, size=400_000))
+                assert publisher.flush(timeout=120.0), publisher.last_error
+    finally:
+        publisher.close()
+    numbers = [v.number for v in fake_kaggle.versions(REF)]
+    sent = [
+        json.loads(r.body)["body"].get("deleteOldVersions", False) for r in fake_kaggle.calls("CreateDatasetVersion")
+    ]
+    assert sent == [delete_old, delete_old]  # the first version comes with CreateDataset
+    published = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Published ")]
+    assert len(published) == 3
+    if delete_old:
+        assert numbers == [3] and store.stored_bytes == 400_002
+        assert all(line.endswith("; the dataset holds 0.4 MB)") for line in published), published
+    else:
+        assert numbers == [1, 2, 3] and store.stored_bytes == 3 * 400_002
+        holds = [line.rsplit("holds ", 1)[1] for line in published]
+        assert holds == ["0.4 MB)", "0.8 MB)", "1.2 MB)"]

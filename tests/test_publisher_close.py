@@ -130,5 +130,5 @@ def test_cli_run_leaves_no_kaggle_call_behind(tmp_path, fake_kaggle):
     result = run(args, tmp_path, env, timeout=240)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert "is NOT published" in output, output[-3000:]
+    assert "Final checkpoint kaggle_epoch_0_" in output and " NOT published: " in output, output[-3000:]
     assert _kaggle_calls_under(tmp_path) == []

@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -40,6 +39,7 @@ from typing import Any
 from lightning_app.errors import bad_value
 from lightning_app.persistence.archive import safe_extract
 from lightning_app.persistence.credentials import redact_secrets
+from lightning_app.persistence.kaggle_names import METADATA_NAME, check_dataset, local_files
 from lightning_app.persistence.kaggle_process import ChildCalls
 from lightning_app.persistence.store_protocol import (
     AuthError,
@@ -52,15 +52,6 @@ from lightning_app.persistence.store_protocol import (
     TransientError,
 )
 
-#: Read by the client to learn the dataset's id, title and license; never uploaded.
-METADATA_NAME = "dataset-metadata.json"
-#: Files the client silently never uploads: publishing one would lose it.
-_SKIPPED_BY_CLIENT = re.compile(
-    r"^(datapackage\.json|kernel-metadata\.json|model-metadata\.json|model-instance-metadata\.json"
-    r"|dataset-cover-image\.(png|jpg|jpeg|webp))$"
-)
-_DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9-]{6,50}$")
-DATASET_RULE = "OWNER/SLUG with a slug of 6 to 50 lower-case letters, digits or '-', e.g. alice/rope-small-checkpoints"
 _ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError, "refused": RefusedError}
 
 
@@ -137,7 +128,7 @@ class KaggleDatasetStore:
         """
         start = time.monotonic()
         folder = Path(folder)
-        local = _local_files(folder)
+        local = local_files(folder)
         total = sum(local.values())
         metadata = {"title": self.title, "id": self.dataset, "licenses": [{"name": "CC0-1.0"}]}
         (folder / METADATA_NAME).write_text(json.dumps(metadata, indent=2))
@@ -283,25 +274,6 @@ class KaggleDatasetStore:
         if outcome["kind"] == "transient":
             raise TransientError(message, outcome.get("retry_after"))
         raise _ERRORS.get(outcome["kind"], StoreError)(message)
-
-
-def check_dataset(option: str, dataset: str) -> None:
-    """Raise ``ConfigError`` (one line) unless ``dataset`` follows Kaggle's OWNER/SLUG rule."""
-    if not _DATASET_RE.match(dataset):
-        raise bad_value(option, dataset, DATASET_RULE)
-
-
-def _local_files(folder: Path) -> dict[str, int]:
-    """``{name: size}`` of the regular files directly in ``folder`` (what the client will upload)."""
-    if not folder.is_dir():
-        raise StoreError(f"not a folder: {folder}")
-    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != METADATA_NAME}
-    skipped = sorted(name for name in files if _SKIPPED_BY_CLIENT.match(name))
-    if skipped:
-        raise StoreError(f"the kaggle client never uploads {', '.join(skipped)}: rename before publishing")
-    if not files:
-        raise StoreError(f"nothing to publish in {folder}")
-    return files
 
 
 def _remote(listed: list[list[Any]]) -> tuple[RemoteFile, ...]:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lightning_app.persistence.manifest import CheckpointEntry
@@ -179,8 +179,11 @@ class BackgroundPublisher:
             return min(pause * 2, self._max_delay)
         if version is None:
             return min(pause * 1.5, self._max_delay)
-        log.info(f"Kaggle finished processing {processing.entry.file}: it is published")
-        self._record(Published(processing.entry, version))
+        log.info(f"Kaggle finished processing {processing.entry.file}: it is published as version {version.number}")
+        upload = processing.version  # what the deadline's estimate needs is the upload, not this last question
+        self._record(
+            Published(processing.entry, replace(version, bytes_sent=upload.bytes_sent, seconds=upload.seconds))
+        )
         return self._confirm_interval
 
     def _processing_failed(self, entry: CheckpointEntry, error: ProcessingFailedError) -> None:
