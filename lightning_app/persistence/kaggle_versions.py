@@ -19,8 +19,8 @@ from typing import Any
 from lightning_app.persistence import kaggle_calls as calls
 
 FAILED = ("failed", "error")
-#: The most versions listed to add up a dataset's size.
-_MAX_MEASURED = 100
+#: The most versions listed to add up a dataset's size (one request each, inside a bounded child).
+_MAX_MEASURED = 20
 
 
 def _missing(error: BaseException) -> bool:
@@ -67,15 +67,16 @@ def after_create(api: Any, ref: str, before: int, args: dict[str, Any]) -> dict[
 
 
 def measure(api: Any, ref: str, newest: int) -> dict[str, int]:
-    """``stored_bytes`` and ``stored_versions``: the sizes of versions 1..``newest`` that still answer."""
+    """``stored_bytes`` and ``stored_versions``: the sizes of the newest versions up to ``newest`` that still
+    answer (at most `_MAX_MEASURED` of them); empty when a lookup fails, since the version itself is made."""
     total = count = 0
     for number in range(max(1, newest - _MAX_MEASURED + 1), newest + 1):
         try:
             files = calls.list_all(api, f"{ref}/{number}")
-        except Exception as error:
-            if not _missing(error):
-                raise
-            continue  # deleted (delete_old_versions) or never processed
+        except Exception as error:  # noqa: BLE001 - a size is a nicety: never fail a publish over it
+            if _missing(error):
+                continue  # deleted (delete_old_versions) or never processed
+            return {}
         total += sum(size for _name, size in files)
         count += 1
     return {"stored_bytes": total, "stored_versions": count}
