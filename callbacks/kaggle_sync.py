@@ -12,13 +12,14 @@ from typing_extensions import override
 
 from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.durations import parse_duration
-from lightning_app.errors import bad_value
+from lightning_app.errors import ConfigError, bad_value
 from lightning_app.experiment import experiment_name
 from lightning_app.persistence.kaggle_store import check_dataset
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.publisher import BackgroundPublisher, Published, PublishJob
 from lightning_app.persistence.staging import stage_version
-from lightning_app.persistence.store_protocol import CheckpointStore
+from lightning_app.persistence.store_protocol import CheckpointStore, StoreError
+from lightning_app.persistence.sync_state import SyncState
 
 log = logging.getLogger("lightning_app.sync")
 
@@ -56,6 +57,10 @@ class KaggleDatasetSync(Callback):
         title: dataset title on first creation (default: derived from the slug).
         upload_best: also publish the best checkpoint by ``--checkpoint.monitor`` in the first version after it
             changed (it is never uploaded twice while it stays the best).
+        required: before the first training step, check that the credentials work and the dataset can be
+            created or written (no upload); otherwise exit with status 2 and one line saying what failed.
+        delete_old_versions: each new version deletes the older ones on Kaggle, so the dataset holds one
+            version's worth. Risk: while the new version is still processing it is the only copy.
     """
 
     def __init__(
@@ -69,6 +74,8 @@ class KaggleDatasetSync(Callback):
         retry_delay: float = 2.0,
         title: str | None = None,
         upload_best: bool = False,
+        required: bool = False,
+        delete_old_versions: bool = False,
     ) -> None:
         if dataset is not None:
             check_dataset("--sync.dataset", dataset)
@@ -84,7 +91,9 @@ class KaggleDatasetSync(Callback):
         self.directory, self.call_timeout, self.title = directory, call_timeout, title
         self.upload_best = upload_best
         self._published_files: set[str] = set()  # every checkpoint some published version holds
+        self.required, self.delete_old_versions = required, delete_old_versions
         self.publisher: BackgroundPublisher | None = None
+        self._saved: list[CheckpointEntry] = []  # this run's checkpoints, oldest first (rank 0)
         self._checkpoints: list[KaggleModelCheckpoint] = []
         self._store_resolved = False
         self._store: CheckpointStore | None = None
@@ -116,7 +125,9 @@ class KaggleDatasetSync(Callback):
             dataset = f"{credentials.username}/{experiment_name(settings, data_identity)}-checkpoints"
         from lightning_app.persistence.kaggle_store import KaggleDatasetStore
 
-        self._store = KaggleDatasetStore(dataset, title=self.title, call_timeout=self.call_timeout)
+        self._store = KaggleDatasetStore(
+            dataset, title=self.title, call_timeout=self.call_timeout, delete_old_versions=self.delete_old_versions
+        )
         log.info(f"Checkpoints will be published to {self._store.description} (credentials: {credentials.source})")
         return self._store
 
@@ -128,6 +139,9 @@ class KaggleDatasetSync(Callback):
         datamodule = trainer.datamodule
         identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
         store = self.store(settings, identity)
+        self._checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, KaggleModelCheckpoint)]
+        if self.required:
+            self._check_required(store)
         if store is None:
             return
         self.publisher = BackgroundPublisher(
@@ -136,14 +150,28 @@ class KaggleDatasetSync(Callback):
             max_delay=max(60.0, self.retry_delay),
             on_published=self._note_published,
         )
-        self._checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, KaggleModelCheckpoint)]
         for checkpoint in self._checkpoints:
             checkpoint.add_listener(self._on_checkpoint_saved)
+
+    def _check_required(self, store: CheckpointStore | None) -> None:
+        """``--sync.required true``: a cheap look at the credentials and the dataset, or one-line exit 2."""
+        if store is None:
+            why = "syncing is off (--sync.enabled false)" if self.enabled is False else "no usable Kaggle credentials"
+            raise ConfigError(f"--sync.required true: {why}")
+        check = getattr(store, "check_access", None)
+        if check is None:
+            return
+        try:
+            found = check()
+        except StoreError as error:
+            raise ConfigError(f"--sync.required true: {error}") from None
+        log.info(f"Checkpoint sync checked: {found}")
 
     def _on_checkpoint_saved(self, saved: SavedCheckpoint) -> None:
         """Runs in the checkpoint writer thread, right after the file and manifest are complete."""
         if self.publisher is None:
             return
+        self._saved.append(saved.entry)
         manifest = Manifest.load(saved.folder) or Manifest([saved.entry])
         run_id = saved.entry.run_id
         also = self._best_to_add(manifest, run_id)
@@ -152,6 +180,8 @@ class KaggleDatasetSync(Callback):
         )
         notes = version_notes(saved.entry) + (f", with the best checkpoint {also[0]}" if also else "")
         self.publisher.submit(PublishJob(staged, notes, saved.entry))
+        if (reason := self.state.unsafe) is not None:  # once per checkpoint, never per step
+            log.warning(f"Checkpoints are NOT SAFE ({reason}): {saved.entry.file} is only in {saved.folder}")
 
     def _best_to_add(self, manifest: Manifest, run_id: str | None) -> list[str]:
         """This run's best checkpoint, when ``upload_best`` is on and no published version holds it yet."""
@@ -163,20 +193,35 @@ class KaggleDatasetSync(Callback):
     def _note_published(self, published: Published) -> None:
         self._published_files.update(f.name for f in published.version.files if f.name.endswith(".ckpt"))
 
+    @property
+    def state(self) -> SyncState:
+        """Where the sync stands now (see `SyncState`): the progress bar, the warnings and the last lines."""
+        publisher = self.publisher
+        newest = self._saved[-1] if self._saved else None
+        if newest is None and self._checkpoints and self._checkpoints[0].last_saved is not None:
+            newest = self._checkpoints[0].last_saved.entry
+        if publisher is None:
+            return SyncState(None, newest=newest)
+        store = publisher.store
+        published, failed = publisher.last_published, publisher.failed
+        names = [e.file for e in self._saved]
+        after = names.index(published.entry.file) + 1 if published and published.entry.file in names else 0
+        return SyncState(
+            store.description,
+            dataset=getattr(store, "dataset", store.description),
+            newest=newest,
+            published=published,
+            processing=publisher.processing,
+            uploading=publisher.pending,
+            behind=len(names) - after,
+            stopped=publisher.disabled,
+            failed=failed[1] if failed and failed[0] == newest else None,
+            error=publisher.last_error,
+        )
+
     def status(self) -> str:
-        """A few words for the progress bar: the last published version and what is pending."""
-        if self.publisher is None:
-            return ""
-        if self.publisher.disabled:
-            return "sync off"
-        parts = []
-        if (published := self.publisher.last_published) is not None:
-            parts.append(f"v{published.version.number or '?'}@{published.entry.global_step}")
-        if (pending := self.publisher.pending) is not None:
-            parts.append(f"uploading step {pending.global_step}")
-        if self.publisher.last_error:
-            parts.append("retrying")
-        return " ".join(parts)
+        """A few words for the progress bar: the last published version, what is pending, or NOT SAFE."""
+        return self.state.bar_text
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for pending checkpoint writes, then for the newest checkpoint to be published."""
@@ -187,23 +232,17 @@ class KaggleDatasetSync(Callback):
         return self.publisher.flush(self.flush_timeout if timeout is None else timeout)
 
     def _finish(self) -> None:
-        if self.publisher is None:
-            return
-        published = self.flush()
-        newest = self._checkpoints[0].last_saved if self._checkpoints else None
-        where = self.publisher.store.description
-        if published and self.publisher.last_published is not None:
-            last = self.publisher.last_published
-            log.info(f"The newest checkpoint, {last.entry.file}, is published in {where}")
-        elif newest is not None and not published:
-            timed_out = f"not done after {self.flush_timeout:.0f} s"
-            reason = self.publisher.disabled or self.publisher.last_error or timed_out
-            log.warning(
-                f"The newest checkpoint, {newest.entry.file}, is NOT published to {where} ({reason}); "
-                f"it is in {newest.folder}"
-            )
-        self.publisher.close()
-        self.publisher = None
+        """Flush, then say plainly whether the final checkpoint is published (the last lines of ``fit``)."""
+        if self.publisher is not None:
+            self.flush()
+        state = self.state
+        folder = self._checkpoints[0].last_saved.folder if self._checkpoints and self._checkpoints[0].last_saved else ""
+        if (line := state.final_line(folder)) is not None:
+            (log.warning if state.store is not None and not state.newest_published else log.info)(line)
+        if self.publisher is not None:
+            self.publisher.close()
+            self.publisher = None
+        self._checkpoints, self._saved = [], []
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -25,6 +25,12 @@ from lightning_app.persistence.store_protocol import (
 REF = "fake-user/lm-checkpoints"
 
 
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch):
+    """Polls after a create a hundredth of a second apart (the fake counts queries, not seconds)."""
+    monkeypatch.setattr(KaggleDatasetStore, "settle_pause", 0.01)
+
+
 @pytest.fixture
 def store(kaggle_env) -> KaggleDatasetStore:
     store = KaggleDatasetStore(REF, title="LM checkpoints", call_timeout=30.0)
@@ -297,7 +303,7 @@ def test_default_title_is_the_slug(kaggle_env):
 
 
 def test_permission_403_is_refused_not_retried(store, stage, fake_kaggle):
-    store.publish(stage("one", {"a.ckpt": b"1"}), "one")
+    fake_kaggle.add_dataset(REF, title=store.title)  # made elsewhere: a 403 is no first-version window
     fake_kaggle.fail_next(5, status=403, methods="CreateDatasetVersion", message="Permission denied")
     with pytest.raises(RefusedError, match=r"HTTP 403: Permission denied; .*--sync.dataset"):
         _retry(lambda: store.publish(stage("two", {"b.ckpt": b"2"}), "two"))

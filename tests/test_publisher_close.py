@@ -51,7 +51,7 @@ def test_close_kills_the_hung_call_and_discards_the_waiting_job(kaggle_env, fake
     publisher = BackgroundPublisher(store, attempts=6, base_delay=60.0, max_delay=600.0)
     first, second = _stage(tmp_path, "first"), _stage(tmp_path, "second")
     publisher.submit(first)
-    child = _wait_for(lambda: next(iter(store._children), None), what="kaggle_calls child")
+    child = _wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
     _wait_for(lambda: fake_kaggle.faults.pending() == 0, what="hung request")
     publisher.submit(second)  # waits behind the hung one
     assert publisher.flush(timeout=0.5) is False
@@ -78,7 +78,7 @@ def test_store_cancel_ends_the_publish_in_progress(kaggle_env, fake_kaggle, tmp_
 
     thread = threading.Thread(target=publish)
     thread.start()
-    child = _wait_for(lambda: next(iter(store._children), None), what="kaggle_calls child")
+    child = _wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
     store.cancel()
     thread.join(10)
     assert not thread.is_alive() and errors and _gone(child.pid)
@@ -90,9 +90,9 @@ from pathlib import Path
 from lightning_app.persistence import kaggle_store
 store = kaggle_store.KaggleDatasetStore("fake-user/lm-checkpoints", call_timeout=60.0)
 threading.Thread(target=store.publish, args=(Path(sys.argv[1]), "n"), daemon=True).start()
-while not store._children:
+while not store._calls._children:
     time.sleep(0.05)
-print(next(iter(store._children)).pid, flush=True)
+print(next(iter(store._calls._children)).pid, flush=True)
 """
 
 
@@ -130,5 +130,5 @@ def test_cli_run_leaves_no_kaggle_call_behind(tmp_path, fake_kaggle):
     result = run(args, tmp_path, env, timeout=240)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert "is NOT published" in output, output[-3000:]
+    assert "Final checkpoint kaggle_epoch_0_" in output and " NOT published: " in output, output[-3000:]
     assert _kaggle_calls_under(tmp_path) == []

@@ -39,9 +39,11 @@ def _assert_newest_version_holds_final_checkpoint(tmp_path: Path, fake: FakeKagg
 
 
 def test_three_epochs_make_one_private_dataset_with_three_versions(tmp_path, fake_kaggle):
-    result, output = _fit(tmp_path, fake_kaggle)
+    result, output = _fit(tmp_path, fake_kaggle, "--sync.required", "true")
     assert result.returncode == 0, output[-3000:]
     ref, dataset, versions = _only_dataset(fake_kaggle)
+    assert f"Checkpoint sync checked: {ref} does not exist yet; it will be created" in output
+    assert fake_kaggle.requests[0].rpc == "GetDatasetStatus"  # the cheap check came before any upload
     assert ref.startswith("fake-user/sinusoidal-tiny-") and ref.endswith("-checkpoints")
     assert dataset.is_private
     assert len(versions) == 3
@@ -55,7 +57,8 @@ def test_three_epochs_make_one_private_dataset_with_three_versions(tmp_path, fak
     sizes = [v.bytes_uploaded for v in versions]
     assert max(sizes) - min(sizes) < 0.01 * max(sizes), "upload size per version must stay flat"
     assert output.count("Published kaggle_epoch_") == 3
-    assert "is published in kaggle:" in output
+    newest = local.newest_first()[0].file
+    assert f"Final checkpoint {newest} published as version 3 of {ref}" in output.splitlines()[-1]
     assert len(local.entries) == 3
 
 
@@ -96,8 +99,34 @@ def test_wrong_credentials_warn_once_and_keep_local_checkpoints(tmp_path, fake_k
     result, output = _fit(tmp_path, fake_kaggle)
     assert result.returncode == 0, output[-3000:]
     assert output.count("Checkpoint sync stopped") == 1
+    newest = Manifest.load(tmp_path / "checkpoints").newest_first()[0].file
     assert len(Manifest.load(tmp_path / "checkpoints").entries) == 3
     assert not fake_kaggle.datasets
+    last = output.splitlines()[-1]
+    assert last.startswith(f"Final checkpoint {newest} NOT published: credentials refused (")
+    assert last.endswith(f"; it is only in {tmp_path / 'checkpoints'}")
+    assert output.count("Checkpoints are NOT SAFE (credentials refused)") <= 2  # once per checkpoint at most
+
+
+def test_required_sync_with_a_refused_credential_exits_2_with_one_line_before_training(tmp_path, fake_kaggle):
+    fake_kaggle.refuse_credentials()
+    result, output = _fit(tmp_path, fake_kaggle, "--sync.required", "true")
+    assert result.returncode == 2, output[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: --sync.required true: kaggle:{_default_ref(output)}: check: Kaggle refused the credentials "
+        "from KAGGLE_USERNAME/KAGGLE_KEY environment variables "
+        "(HTTP 401: Unauthenticated: missing or invalid credentials)"
+    ], output[-3000:]
+    assert "Traceback" not in output
+    assert not (tmp_path / "checkpoints").is_dir() or not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert not fake_kaggle.calls("StartBlobUpload")
+
+
+def _default_ref(output: str) -> str:
+    """The dataset the run said it would publish to."""
+    line = next(line for line in output.splitlines() if line.startswith("Checkpoints will be published to kaggle:"))
+    return line.split("kaggle:", 1)[1].split()[0]
 
 
 def test_no_credentials_means_local_only_with_one_warning(tmp_path):

@@ -11,10 +11,13 @@ chatter ("Dataset URL: ...") goes nowhere. ``kaggle`` is imported here only, laz
 
 Operations (``args`` keys in brackets):
 
-- ``publish`` [ref, folder, notes, files ({name: size})]: create the private dataset, or add a version. Answers
-  ``{"outcome": "busy", "status"}`` while the newest version is processing (nothing created),
-  ``{"outcome": "existing", "version", "files"}`` when the newest version already holds exactly ``files``, or
-  ``{"outcome": "created", "version", "files"}`` with the new version as the server lists it.
+- ``publish`` [ref, folder, notes, files ({name: size}), polls, pause, delete_old_versions, measure,
+  first_window]: create the private dataset, or add a version. Answers ``{"outcome": "busy", "status"}`` while
+  the newest version is processing (nothing created), ``{"outcome": "existing", "version", "files"}`` when the
+  newest version already holds exactly ``files``, or what ``kaggle_versions.settle`` says of the new version
+  (created, pending or failed).
+- ``settle`` [ref, before, files, polls, pause]: ask again about a pending version; ``check`` [ref]: log in and
+  look at the dataset, no upload (``kaggle_versions.py``).
 - ``list`` [ref (owner/slug or owner/slug/N)]: ``{"files": [[name, size], ...]}``, all pages.
 - ``download`` [ref, path]: ``{"zip": path/<slug>.zip}``.
 """
@@ -38,8 +41,9 @@ _NO_CREDENTIALS = (
     "in ~/.kaggle (in a Kaggle notebook: add Secrets named KAGGLE_USERNAME and KAGGLE_KEY)"
 )
 _MAX_PAGES = 1000
-#: Statuses after which a new version may be created ("failed"/"deleted" versions block nothing).
-SETTLED = ("ready", "failed", "deleted")
+#: Statuses after which a new version may be created ("failed"/"deleted" versions block nothing; kaggle 1.6
+#: says "error" for a failed one).
+SETTLED = ("ready", "failed", "deleted", "error")
 
 
 class Failure(Exception):
@@ -143,7 +147,8 @@ def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
     try:
         data = json.loads(api.dataset_status(ref, format=fields))
     except TypeError:  # kaggle < 2.1: no format argument, status only
-        return {"status": str(api.dataset_status(ref)).lower(), "version": None} if "status" in fields else {}
+        wants_status = fields == "json" or "status" in fields
+        return {"status": str(api.dataset_status(ref)).lower(), "version": None} if wants_status else {}
     return {"status": str(data.get("status", "")).lower(), "version": data.get("current_version_number")}
 
 
@@ -196,9 +201,10 @@ def _create(api: Any, ref: str, folder: str) -> dict[str, Any] | None:
         raise Failure("refused", f"Kaggle will not create {ref}: {failure}; {fix}") from None
 
 
-def _published(api: Any, ref: str) -> dict[str, Any]:
-    version = _status(api, ref, "json(current_version_number)").get("version")
-    return {"version": version, "files": list_all(api, f"{ref}/{version}" if version else ref)}
+def _settle(api: Any, ref: str, before: int, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    from lightning_app.persistence.kaggle_versions import after_create
+
+    return {**after_create(api, ref, before, args), **extra}
 
 
 def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
             raise
         state = _create(api, ref, args["folder"])
         if state is None:
-            return {"outcome": "created", **_published(api, ref)}
+            return _settle(api, ref, 0, args, new_dataset=True)
     if state["status"] not in SETTLED:
         return {"outcome": "busy", "status": state["status"]}
     if state["status"] == "ready":
@@ -221,14 +227,22 @@ def op_publish(api: Any, args: dict[str, Any]) -> dict[str, Any]:
             return {"outcome": "existing", "version": state["version"], "files": newest}
     try:
         response = api.dataset_create_version(
-            folder=args["folder"], version_notes=args["notes"], quiet=True, dir_mode="skip"
+            folder=args["folder"],
+            version_notes=args["notes"],
+            quiet=True,
+            delete_old_versions=bool(args.get("delete_old_versions")),
+            dir_mode="skip",
         )
     except Exception as error:
         if http_status(error) == 403 and _status(api, ref)["status"] not in SETTLED:
             return {"outcome": "busy", "status": "processing"}  # the 403 of a first version still processing
+        if http_status(error) == 403 and args.get("first_window") and (state["version"] or 0) <= 1:
+            # A dataset this run created moments ago: its first version may still be processing although the
+            # status says otherwise; the parent retries a bounded number of times before calling it a refusal.
+            return {"outcome": "busy", "status": "first version still processing (403)", "refused": 1}
         raise
     _check_created(response)
-    return {"outcome": "created", **_published(api, ref)}
+    return _settle(api, ref, state["version"] or 0, args)
 
 
 def op_list(api: Any, args: dict[str, Any]) -> dict[str, Any]:
@@ -249,16 +263,24 @@ OPS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "list": op_list,
     "download": op_download,
 }
+#: Operations of ``kaggle_versions`` (imported when used: it imports this module).
+VERSION_OPS = ("settle", "check")
 
 
 def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
     """Do one operation and return what goes into the result file (never raises)."""
     api = None
     try:
-        if op not in OPS:
-            raise Failure("error", f"unknown operation {op!r}; expected one of {sorted(OPS)}")
+        if op not in (*OPS, *VERSION_OPS):
+            raise Failure("error", f"unknown operation {op!r}; expected one of {sorted([*OPS, *VERSION_OPS])}")
+        if op in OPS:
+            handler = OPS[op]
+        else:
+            from lightning_app.persistence import kaggle_versions
+
+            handler = getattr(kaggle_versions, f"op_{op}")
         api = connect()
-        return {"ok": True, "result": OPS[op](api, args)}
+        return {"ok": True, "result": handler(api, args)}
     except BaseException as error:  # noqa: BLE001 - SystemExit from the client is a failure like any other
         if isinstance(error, KeyboardInterrupt):
             raise
@@ -297,4 +319,7 @@ UPLOAD_NICENESS = 10
 
 if __name__ == "__main__":
     os.nice(UPLOAD_NICENESS)
-    sys.exit(main())
+    # Run the module under its own name, so that kaggle_versions (which imports it) shares its classes.
+    from lightning_app.persistence.kaggle_calls import main as module_main
+
+    sys.exit(module_main())

@@ -9,12 +9,16 @@ One publish is normally one child: it creates the dataset if it is missing; othe
 ready, it adds a version unless that newest version already holds exactly these files (names and sizes). That
 check makes ``publish`` safe to retry although CreateDatasetVersion is not idempotent (a reply lost after the
 server committed, or a child killed mid-call). While the newest version is still processing the child answers
-"busy" and this process polls again with growing pauses, for up to ``ready_timeout``. After publishing, the new
-version's file list is checked (kaggle 1.6 silently drops a file whose upload failed).
+"busy" and this process polls again with growing pauses, for up to ``ready_timeout``.
 
-``cancel()`` kills this store's running children (each with its whole process group) and ends the ``publish``
-calls in progress; children still running at interpreter exit are killed too, so no abandoned upload can become
-the newest version after the run ended.
+A new version is not there at once: after an ok create the child polls (``settle_polls`` times) for it to
+appear and finish processing (``kaggle_versions.py``). Still not settled: the publish returns it as
+``pending`` (uploaded, nothing to retry) and ``confirm()`` asks again later. Processing failed (over the private
+storage quota?): ``ProcessingFailedError``, never retried for the same files. A settled version's file list is
+checked (kaggle 1.6 silently drops a file whose upload failed).
+
+``cancel()`` kills this store's running children (each with its whole process group, `kaggle_process.py`) and
+ends the ``publish`` calls in progress.
 
 Example::
 
@@ -25,27 +29,22 @@ Example::
 
 from __future__ import annotations
 
-import atexit
 import json
-import os
-import re
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 from lightning_app.errors import bad_value
 from lightning_app.persistence.archive import safe_extract
 from lightning_app.persistence.credentials import redact_secrets
+from lightning_app.persistence.kaggle_names import METADATA_NAME, check_dataset, local_files
+from lightning_app.persistence.kaggle_process import ChildCalls
 from lightning_app.persistence.store_protocol import (
     AuthError,
     NotFoundError,
+    ProcessingFailedError,
     PublishedVersion,
     RefusedError,
     RemoteFile,
@@ -53,20 +52,7 @@ from lightning_app.persistence.store_protocol import (
     TransientError,
 )
 
-#: Read by the client to learn the dataset's id, title and license; never uploaded.
-METADATA_NAME = "dataset-metadata.json"
-#: Files the client silently never uploads: publishing one would lose it.
-_SKIPPED_BY_CLIENT = re.compile(
-    r"^(datapackage\.json|kernel-metadata\.json|model-metadata\.json|model-instance-metadata\.json"
-    r"|dataset-cover-image\.(png|jpg|jpeg|webp))$"
-)
-_DATASET_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9-]{6,50}$")
-DATASET_RULE = "OWNER/SLUG with a slug of 6 to 50 lower-case letters, digits or '-', e.g. alice/rope-small-checkpoints"
 _ERRORS = {"auth": AuthError, "transient": TransientError, "not_found": NotFoundError, "refused": RefusedError}
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
-#: Every running child of every store, killed at interpreter exit (a daemon worker's child would outlive us).
-_LIVE: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
-_LIVE_LOCK = threading.Lock()
 
 
 class KaggleDatasetStore:
@@ -80,11 +66,18 @@ class KaggleDatasetStore:
         transfer_rate_floor: the slowest transfer (bytes/s) still considered alive; uploads and downloads get
             ``call_timeout + bytes / transfer_rate_floor`` seconds.
         ready_timeout: longest wait (seconds) for the previous version to finish processing before publishing.
+        delete_old_versions: ask Kaggle to delete every older version with each new one (the dataset then holds
+            one checkpoint's worth; while the new version processes it is the only copy).
     """
 
     #: First and longest pause between status polls while the previous version is processing.
     poll_interval = 1.0
     poll_max_interval = 15.0
+    #: After a create: how many status polls, this far apart (s), before the version counts as ``pending``.
+    settle_polls = 5
+    settle_pause = 1.0
+    #: 403s on a new version of a dataset this store created (its first version still processing) taken as busy.
+    first_version_403_tries = 3
 
     def __init__(
         self,
@@ -94,6 +87,7 @@ class KaggleDatasetStore:
         call_timeout: float = 120.0,
         transfer_rate_floor: float = 1e6,
         ready_timeout: float = 600.0,
+        delete_old_versions: bool = False,
     ) -> None:
         check_dataset("dataset", dataset)
         title = title if title is not None else dataset.split("/")[1]  # the slug: unique among the owner's
@@ -109,20 +103,19 @@ class KaggleDatasetStore:
         self.call_timeout = float(call_timeout)
         self.transfer_rate_floor = float(transfer_rate_floor)
         self.ready_timeout = float(ready_timeout)
+        self.delete_old_versions = bool(delete_old_versions)
         self.description = f"kaggle:{dataset}"
-        self._children: set[subprocess.Popen] = set()
-        self._cancelled_at = float("-inf")  # calls begun before this monotonic time start no more children
+        self._calls = ChildCalls(self.description)
+        self._created_here = False  # this store created the dataset: a 403 may be its first-version window
+        self._unconfirmed: dict[str, Any] | None = None  # the pending version's number floor and files
+        self._stored_bytes: int | None = None  # the dataset's size over its versions, once measured
 
     def __repr__(self) -> str:
         return f"KaggleDatasetStore({self.dataset!r})"
 
     def cancel(self) -> None:
         """Kill the children running now (with their process groups) and end the publishes in progress."""
-        with _LIVE_LOCK:
-            self._cancelled_at = time.monotonic()
-            children = list(self._children)
-        for process in children:
-            _kill(process)
+        self._calls.cancel()
 
     # -- CheckpointStore -----------------------------------------------------------------------------------
 
@@ -135,15 +128,17 @@ class KaggleDatasetStore:
         """
         start = time.monotonic()
         folder = Path(folder)
-        local = _local_files(folder)
+        local = local_files(folder)
         total = sum(local.values())
         metadata = {"title": self.title, "id": self.dataset, "licenses": [{"name": "CC0-1.0"}]}
         (folder / METADATA_NAME).write_text(json.dumps(metadata, indent=2))
-        args = {"ref": self.dataset, "folder": str(folder), "notes": notes, "files": local}
+        args = {"ref": self.dataset, "folder": str(folder), "notes": notes, "files": local, **self._settle_args()}
+        args.update(delete_old_versions=self.delete_old_versions, measure=self._stored_bytes is None)
         deadline = time.monotonic() + self.ready_timeout
-        pause = self.poll_interval
+        pause, refusals = self.poll_interval, 0
         try:
-            while (result := self._call("publish", args, total, since=start))["outcome"] == "busy":
+            while (result := self._publish_once(args, total, start, refusals))["outcome"] == "busy":
+                refusals += result.get("refused", 0)
                 if time.monotonic() + pause > deadline:
                     raise TransientError(
                         f"{self.description}: the newest version is still processing ({result['status']}) "
@@ -153,9 +148,32 @@ class KaggleDatasetStore:
                 pause = min(pause * 1.5, self.poll_max_interval)
         finally:
             (folder / METADATA_NAME).unlink(missing_ok=True)
-        files = self._verify(result["files"], local, result["version"])
-        sent = total if result["outcome"] == "created" else 0
-        return PublishedVersion(result["version"], files, sent, time.monotonic() - start)
+        self._created_here = self._created_here or result.get("new_dataset", False)
+        sent = 0 if result["outcome"] == "existing" else total
+        return self._settled(result, local, sent, time.monotonic() - start)
+
+    def confirm(self) -> PublishedVersion | None:
+        """Ask again about the last ``pending`` publish: the version once it is ready, None while it is still
+        processing (or when nothing is pending); ``ProcessingFailedError`` when its processing failed."""
+        if self._unconfirmed is None:
+            return None
+        start = time.monotonic()
+        args = {"ref": self.dataset, **self._unconfirmed, **self._settle_args(polls=1)}
+        version = self._settled(self._call("settle", args), self._unconfirmed["files"], 0, time.monotonic() - start)
+        return None if version.pending else version
+
+    def check_access(self) -> str:
+        """Cheap check that the credentials work and this dataset can be created or written (no upload).
+
+        Returns a few words on what was found; raises ``AuthError`` or ``RefusedError`` (or another
+        ``StoreError``) naming what failed.
+        """
+        return self._call("check", {"ref": self.dataset})["found"]
+
+    @property
+    def stored_bytes(self) -> int | None:
+        """The dataset's size over the versions it keeps, as far as the client can tell (None: not known yet)."""
+        return self._stored_bytes
 
     def list_files(self, version: int | None = None) -> list[RemoteFile]:
         """Files of ``version`` (default: the newest ready one)."""
@@ -182,6 +200,44 @@ class KaggleDatasetStore:
 
     # -- internals -----------------------------------------------------------------------------------------
 
+    def _settle_args(self, polls: int | None = None) -> dict[str, Any]:
+        return {"polls": self.settle_polls if polls is None else polls, "pause": self.settle_pause}
+
+    def _publish_once(self, args: dict[str, Any], total: int, start: float, refusals: int) -> dict[str, Any]:
+        first_window = self._created_here and refusals < self.first_version_403_tries
+        bound = self.settle_polls * self.settle_pause
+        return self._call("publish", {**args, "first_window": first_window}, total, since=start, extra=bound)
+
+    def _settled(self, result: dict[str, Any], local: dict[str, int], sent: int, seconds: float) -> PublishedVersion:
+        """A ``PublishedVersion`` from a child's created/existing/pending/failed answer (failed raises)."""
+        outcome = result["outcome"]
+        if outcome == "failed":
+            self._unconfirmed = None
+            raise ProcessingFailedError(self._failure_message(result, local))
+        if outcome == "pending":
+            self._unconfirmed = {"before": result["before"], "files": local}
+            files = tuple(RemoteFile(name, size) for name, size in sorted(local.items()))
+            return PublishedVersion(None, files, sent, seconds, pending=True, stored_bytes=self._stored_bytes)
+        self._unconfirmed = None
+        files = self._verify(result["files"], local, result["version"])
+        if "stored_bytes" in result:
+            self._stored_bytes = result["stored_bytes"]
+        elif self._stored_bytes is not None and outcome == "created":
+            self._stored_bytes += _size(list(files))
+        if self.delete_old_versions:
+            self._stored_bytes = _size(list(files))
+        return PublishedVersion(result["version"], files, sent, seconds, stored_bytes=self._stored_bytes)
+
+    def _failure_message(self, result: dict[str, Any], local: dict[str, int]) -> str:
+        held = result.get("stored_bytes")
+        before = f"{held / 1e6:.1f} MB in {result.get('stored_versions', '?')} versions" if held is not None else "?"
+        return (
+            f"{self.description}: Kaggle accepted the new version, then its processing failed "
+            f"(status {result.get('status')!r}); the likely cause is the private storage quota: the dataset "
+            f"holds about {before} before this one, which adds {sum(local.values()) / 1e6:.1f} MB "
+            f"(delete old versions on kaggle.com, or use --sync.delete_old_versions true)"
+        )
+
     def _ref(self, version: int | None) -> str:
         return self.dataset if version is None else f"{self.dataset}/{int(version)}"
 
@@ -198,43 +254,20 @@ class KaggleDatasetStore:
         return _remote(listed)
 
     def _call(
-        self, op: str, args: dict[str, Any], transfer_bytes: int = 0, since: float | None = None
+        self,
+        op: str,
+        args: dict[str, Any],
+        transfer_bytes: int = 0,
+        since: float | None = None,
+        extra: float = 0.0,
     ) -> dict[str, Any]:
         """Run one ``kaggle_calls`` operation in a child process bounded in time; raise its classified error.
 
-        ``since``: when the operation began; if ``cancel()`` came after that, no child is started.
+        ``since``: when the operation began; if ``cancel()`` came after that, no child is started. ``extra``:
+        seconds the child may spend waiting on purpose (polls after a create).
         """
-        bound = self.call_timeout + transfer_bytes / self.transfer_rate_floor
-        with tempfile.TemporaryDirectory(prefix="kaggle-call-") as tmp:
-            args_path, result_path, log_path = (Path(tmp) / n for n in ("args.json", "result.json", "stderr.txt"))
-            args_path.write_text(json.dumps(args))
-            command = [sys.executable, "-m", "lightning_app.persistence.kaggle_calls", op, str(args_path)]
-            with open(log_path, "wb") as log, _LIVE_LOCK:  # under the lock: cancel() sees every child
-                if since is not None and self._cancelled_at >= since:
-                    raise TransientError(f"{self.description}: {op} cancelled")
-                process = subprocess.Popen(
-                    [*command, str(result_path)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,  # "Dataset URL: ..." and other chatter
-                    stderr=log,
-                    env=_child_env(),
-                    start_new_session=True,  # its own process group: killing it kills anything it started
-                )
-                self._children.add(process)
-                _LIVE.add(process)
-            try:
-                returncode = process.wait(timeout=bound)
-            except subprocess.TimeoutExpired:
-                raise TransientError(f"{self.description}: {op} timed out after {bound:.1f} s") from None
-            finally:
-                _kill(process)
-                with _LIVE_LOCK:
-                    self._children.discard(process)
-            if not result_path.exists():
-                tail = redact_secrets(log_path.read_text(errors="replace")[-800:].strip())
-                error = TransientError if returncode < 0 else StoreError
-                raise error(f"{self.description}: {op} exited with code {returncode} and no result: {tail}")
-            outcome = json.loads(result_path.read_text())
+        bound = self.call_timeout + transfer_bytes / self.transfer_rate_floor + extra
+        outcome = self._calls.run(op, args, bound, since)
         if outcome["ok"]:
             return outcome["result"]
         message = redact_secrets(f"{self.description}: {op}: {outcome['message']}")
@@ -243,57 +276,9 @@ class KaggleDatasetStore:
         raise _ERRORS.get(outcome["kind"], StoreError)(message)
 
 
-def check_dataset(option: str, dataset: str) -> None:
-    """Raise ``ConfigError`` (one line) unless ``dataset`` follows Kaggle's OWNER/SLUG rule."""
-    if not _DATASET_RE.match(dataset):
-        raise bad_value(option, dataset, DATASET_RULE)
-
-
-def _local_files(folder: Path) -> dict[str, int]:
-    """``{name: size}`` of the regular files directly in ``folder`` (what the client will upload)."""
-    if not folder.is_dir():
-        raise StoreError(f"not a folder: {folder}")
-    files = {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != METADATA_NAME}
-    skipped = sorted(name for name in files if _SKIPPED_BY_CLIENT.match(name))
-    if skipped:
-        raise StoreError(f"the kaggle client never uploads {', '.join(skipped)}: rename before publishing")
-    if not files:
-        raise StoreError(f"nothing to publish in {folder}")
-    return files
-
-
 def _remote(listed: list[list[Any]]) -> tuple[RemoteFile, ...]:
     return tuple(RemoteFile(str(name), int(size)) for name, size in sorted(listed))
 
 
 def _size(files: list[RemoteFile]) -> int:
     return sum(f.size for f in files)
-
-
-def _child_env() -> dict[str, str]:
-    """This process's environment (credentials, TMPDIR for the upload cache, proxies), able to import us."""
-    env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([*paths, _PACKAGE_ROOT])
-    return env
-
-
-def _kill(process: subprocess.Popen) -> None:
-    """Kill the child's process group if it is still running, and reap it."""
-    if process.poll() is None:
-        try:
-            if hasattr(os, "killpg"):
-                os.killpg(process.pid, signal.SIGKILL)
-            else:  # pragma: no cover - Windows
-                process.kill()
-        except ProcessLookupError:
-            pass
-    process.wait()
-
-
-@atexit.register
-def _kill_live_children() -> None:
-    with _LIVE_LOCK:
-        children = list(_LIVE)
-    for process in children:
-        _kill(process)

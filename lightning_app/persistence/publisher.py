@@ -2,7 +2,10 @@
 
 At most one publish is in flight; a newer job replaces one still waiting. Failures are retried with backoff
 (`retry.retry_call`) and reported; a refused credential or a refused dataset name stops publishing with one
-warning. Nothing here raises into the caller's thread.
+warning. A version the store accepted but is still processing (``PublishedVersion.pending``) is not retried:
+while nothing newer waits, the worker asks the store's ``confirm()`` again with growing pauses. A version whose
+processing failed is reported once and never re-uploaded; the next checkpoint is published as usual. Nothing
+here raises into the caller's thread.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lightning_app.persistence.manifest import CheckpointEntry
@@ -20,6 +23,7 @@ from lightning_app.persistence.staging import discard
 from lightning_app.persistence.store_protocol import (
     AuthError,
     CheckpointStore,
+    ProcessingFailedError,
     PublishedVersion,
     RefusedError,
     StoreError,
@@ -50,6 +54,7 @@ class BackgroundPublisher:
         base_delay: first backoff delay in seconds; doubles per attempt, with full jitter.
         max_delay: longest backoff delay.
         on_published: called in the worker thread after each successful publish.
+        confirm_interval: first pause (s) before asking again about a version the store is still processing.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class BackgroundPublisher:
         base_delay: float = 2.0,
         max_delay: float = 60.0,
         on_published: Callable[[Published], None] | None = None,
+        confirm_interval: float = 5.0,
     ) -> None:
         self.store = store
         self._attempts, self._base_delay, self._max_delay = attempts, base_delay, max_delay
@@ -69,7 +75,12 @@ class BackgroundPublisher:
         self._waiting: PublishJob | None = None
         self._in_flight: PublishJob | None = None
         self._newest: CheckpointEntry | None = None
+        self._confirm_interval = confirm_interval
         self.last_published: Published | None = None
+        #: Uploaded, but the store is still processing it (not confirmed yet).
+        self.processing: Published | None = None
+        #: The last checkpoint whose version failed processing, and why.
+        self.failed: tuple[CheckpointEntry, str] | None = None
         self.last_error: str | None = None
         self.disabled: str | None = None
         self._thread = threading.Thread(target=self._run, name="kaggle-sync", daemon=True)
@@ -102,7 +113,7 @@ class BackgroundPublisher:
         """Wait up to ``timeout`` s for the newest submitted checkpoint to be published; True if it was."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._waiting or self._in_flight) and not self.disabled:
+            while (self._waiting or self._in_flight or self.processing) and not self.disabled:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -125,13 +136,22 @@ class BackgroundPublisher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        pause = self._confirm_interval
         while True:
             with self._cond:
-                while self._waiting is None and not self._stop.is_set():
-                    self._cond.wait()
+                if self._waiting is None and not self._stop.is_set():
+                    self._cond.wait(pause if self.processing is not None else None)
                 if self._stop.is_set():
                     return
-                job, self._waiting, self._in_flight = self._waiting, None, self._waiting
+                job = self._waiting
+                if job is None and self.processing is None:
+                    continue  # woken with nothing to do
+                if job is not None:
+                    self._waiting, self._in_flight = None, job
+            if job is None:  # nothing newer waits: ask again about the version still processing
+                pause = self._confirm(pause)
+                continue
+            pause = self._confirm_interval
             failed = self._publish(job)
             with self._cond:
                 self._in_flight = None
@@ -143,6 +163,45 @@ class BackgroundPublisher:
                 self._stop.wait(self._max_delay)
             else:
                 discard(job.folder)
+
+    def _confirm(self, pause: float) -> float:
+        """One ``store.confirm()`` about ``self.processing``; returns the pause before the next one."""
+        processing, confirm = self.processing, getattr(self.store, "confirm", None)
+        if processing is None or confirm is None:
+            return self._confirm_interval
+        try:
+            version = confirm()
+        except ProcessingFailedError as error:
+            self._processing_failed(processing.entry, error)
+            return self._confirm_interval
+        except StoreError as error:
+            log.debug(f"Asking about {processing.entry.file} failed ({error}); asking again later")
+            return min(pause * 2, self._max_delay)
+        if version is None:
+            return min(pause * 1.5, self._max_delay)
+        log.info(f"Kaggle finished processing {processing.entry.file}: it is published as version {version.number}")
+        upload = processing.version  # what the deadline's estimate needs is the upload, not this last question
+        self._record(
+            Published(processing.entry, replace(version, bytes_sent=upload.bytes_sent, seconds=upload.seconds))
+        )
+        return self._confirm_interval
+
+    def _processing_failed(self, entry: CheckpointEntry, error: ProcessingFailedError) -> None:
+        with self._cond:
+            self.processing, self.failed, self.last_error = None, (entry, str(error)), str(error)
+            self._cond.notify_all()
+        log.warning(f"Publishing {entry.file} failed after upload: {error}. The next checkpoint is still published.")
+
+    def _record(self, published: Published) -> None:
+        with self._cond:
+            if published.version.pending:
+                self.processing = published
+            else:
+                self.last_published, self.processing = published, None
+            self.last_error = None
+            self._cond.notify_all()
+        if not published.version.pending and self._on_published is not None:
+            self._on_published(published)
 
     def _publish(self, job: PublishJob) -> bool:
         """Publish one job; True when it failed in a way worth trying again later."""
@@ -162,6 +221,9 @@ class BackgroundPublisher:
             self.disabled = f"credentials refused ({error})" if isinstance(error, AuthError) else str(error)
             log.warning(f"Checkpoint sync stopped: {self.disabled}. Checkpoints stay local only.")
             return False
+        except ProcessingFailedError as error:  # uploading the same files again would fail again
+            self._processing_failed(job.entry, error)
+            return False
         except StoreError as error:
             self.last_error = str(error)
             if not self._stop.is_set():
@@ -171,14 +233,12 @@ class BackgroundPublisher:
             self.last_error = f"{type(error).__name__}: {error}"
             log.exception(f"Unexpected error publishing {job.entry.file}")
             return False
-        published = Published(job.entry, version)
-        with self._cond:
-            self.last_published, self.last_error = published, None
         number = f"version {version.number}" if version.number is not None else "a new version"
-        log.info(
-            f"Published {job.entry.file} as {number} of {self.store.description} "
-            f"({version.bytes_sent / 1e6:.1f} MB in {version.seconds:.1f} s)"
-        )
-        if self._on_published is not None:
-            self._on_published(published)
+        stored = f"; the dataset holds {version.stored_bytes / 1e6:.1f} MB" if version.stored_bytes is not None else ""
+        sent = f"{version.bytes_sent / 1e6:.1f} MB in {version.seconds:.1f} s{stored}"
+        if version.pending:
+            log.info(f"Uploaded {job.entry.file} to {self.store.description} ({sent}); Kaggle is still processing it")
+        else:
+            log.info(f"Published {job.entry.file} as {number} of {self.store.description} ({sent})")
+        self._record(Published(job.entry, version))
         return False

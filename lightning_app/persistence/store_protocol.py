@@ -23,12 +23,19 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class PublishedVersion:
-    """What one publish produced. ``number`` is None where the store cannot tell (kaggle 1.6 on create)."""
+    """What one publish produced. ``number`` is None where the store cannot tell (kaggle 1.6 on create).
+
+    ``pending``: the store accepted the files but has not finished processing them (a Kaggle version that is
+    not visible yet); ``confirm()`` on the store tells later. ``stored_bytes``: the store's whole size after
+    this version (all versions it keeps), where known.
+    """
 
     number: int | None
     files: tuple[RemoteFile, ...]
     bytes_sent: int
     seconds: float
+    pending: bool = False
+    stored_bytes: int | None = None
 
 
 class StoreError(Exception):
@@ -52,6 +59,11 @@ class AuthError(StoreError):
 
 class RefusedError(StoreError):
     """Refused for good (a dataset name in use by someone else, no permission): syncing stops with one warning."""
+
+
+class ProcessingFailedError(StoreError):
+    """The store accepted a version, then failed to process it (over the storage quota?): publishing that same
+    version again would fail again; the next checkpoint is still published."""
 
 
 class NotFoundError(StoreError):

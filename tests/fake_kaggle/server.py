@@ -181,6 +181,26 @@ class FakeKaggle:
         with self.state.lock:
             self.state.processing_delay = k
 
+    def lag_new_versions(self, k: int) -> None:
+        """Versions created from now on answer 404 to their next ``k`` lookups by number (``owner/slug/N`` list
+        or download), as a new version does for several seconds on the real service (0: visible at once)."""
+        if k < 0:
+            raise ValueError(f"k must be >= 0; got {k}")
+        with self.state.lock:
+            self.state.lag_queries = k
+
+    def fail_processing(self, n: int = 1) -> None:
+        """The next ``n`` versions created fail processing (status "failed") after their create call answered
+        ok, as over the private storage quota; with ``processing_delay`` they first answer "pending"."""
+        with self.state.lock:
+            self.state.failing_versions = n
+
+    def refuse_versions_of_new_dataset(self, n: int) -> None:
+        """The next dataset created answers 403 "first version still processing" to its next ``n``
+        CreateDatasetVersion calls (the first-version window; a first version still "pending" does so too)."""
+        with self.state.lock:
+            self.state.first_version_403s = n
+
     def lose_next_upload(self, *names: str) -> None:
         """Leave ``names`` out of the next version although they were uploaded (what kaggle 1.6 can do)."""
         with self.state.lock:

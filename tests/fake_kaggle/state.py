@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 #: What GetDatasetStatus answers for a version still processing (the client lower-cases it: "blobs_received").
 PENDING_STATUS = "BLOBS_RECEIVED"
 READY_STATUS = "READY"
+FAILED_STATUS = "FAILED"
 
 
 @dataclass
@@ -41,10 +42,14 @@ class Version:
     created: float
     bytes_uploaded: int
     pending_queries: int = 0  # GetDatasetStatus answers "pending" this many more times
+    lag_queries: int = 0  # lookups of this version by number answer 404 this many more times
+    fails: bool = False  # processing ends "failed" (e.g. over the storage quota) instead of "ready"
 
     @property
     def status(self) -> str:
-        return "pending" if self.pending_queries > 0 else "ready"
+        if self.pending_queries > 0:
+            return "pending"
+        return "failed" if self.fails else "ready"
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -59,6 +64,7 @@ class Dataset:
     is_private: bool
     license_name: str
     versions: list[Version] = field(default_factory=list)
+    first_window_403s: int = 0  # CreateDatasetVersion answers 403 "still processing" this many more times
 
     @property
     def ref(self) -> str:
@@ -96,6 +102,9 @@ class FakeState:
         self.datasets: dict[str, Dataset] = {}
         self.blobs: dict[str, Blob] = {}
         self.processing_delay = 0
+        self.lag_queries = 0  # new versions answer 404 to this many lookups by number
+        self.failing_versions = 0  # the next this many versions fail processing after an ok create
+        self.first_version_403s = 0  # given to the next dataset created: 403s while its first version processes
         self.lose_from_next_version: set[str] = set()
         self.usernames_by_token: dict[str, str] = {}
         self.refusing = False  # refuse_credentials(): tokens introspect as inactive
@@ -140,7 +149,8 @@ class FakeState:
             if blob.name not in self.lose_from_next_version:
                 contents[blob.name] = blob.data
         self.lose_from_next_version = set()
-        return Version(number, contents, notes, time.time(), uploaded, self.processing_delay)
+        fails, self.failing_versions = self.failing_versions > 0, max(0, self.failing_versions - 1)
+        return Version(number, contents, notes, time.time(), uploaded, self.processing_delay, self.lag_queries, fails)
 
     # -- datasets ------------------------------------------------------------------------------------------
 
@@ -155,6 +165,9 @@ class FakeState:
             version = dataset.newest_ready()
         else:
             version = next((v for v in dataset.versions if v.number == number), None)
+            if version is not None and version.lag_queries > 0:  # created, but not visible yet (#890)
+                version.lag_queries -= 1
+                return error(404, f"{dataset.ref}: no such version {number}")
         return version if version is not None else error(404, f"{dataset.ref}: no such version {number}")
 
     def _rpc_CreateDataset(self, user: str | None, body: dict[str, Any]) -> Reply:
@@ -173,6 +186,7 @@ class FakeState:
         dataset = Dataset(owner, slug, title, bool(body.get("isPrivate", False)), "")
         dataset.license_name = str(body.get("licenseName", ""))
         dataset.versions.append(version)
+        dataset.first_window_403s, self.first_version_403s = self.first_version_403s, 0
         self.datasets[ref] = dataset
         return Reply(200, {"ref": ref, "url": f"{self.base_url}/datasets/{ref}", "status": "ok"})
 
@@ -182,15 +196,19 @@ class FakeState:
             return dataset
         if dataset.owner != user:
             return error(403, "permission denied")
-        if dataset.versions[-1].status != "ready":
-            return error(403, "The previous version of this dataset is still processing; try again later")
+        # Only the first version's processing blocks a new version (kagglehub #181, #182).
+        first = dataset.versions[0]
+        if (first.number == 1 and first.status == "pending") or dataset.first_window_403s:
+            dataset.first_window_403s = max(0, dataset.first_window_403s - 1)
+            return error(403, "The first version of this dataset is still processing; try again later")
         request = body.get("body") or {}
-        version = self._new_version(
-            len(dataset.versions) + 1, request.get("files", []), request.get("versionNotes", "")
-        )
+        number = dataset.versions[-1].number + 1 if dataset.versions else 1
+        version = self._new_version(number, request.get("files", []), request.get("versionNotes", ""))
         if isinstance(version, Reply):
             return version
         dataset.versions.append(version)
+        if request.get("deleteOldVersions"):  # the new version, still processing, is then the only copy
+            dataset.versions = [version]
         return Reply(200, {"ref": dataset.ref, "url": f"{self.base_url}/datasets/{dataset.ref}", "status": "ok"})
 
     def _rpc_GetDatasetStatus(self, user: str | None, body: dict[str, Any]) -> Reply:
@@ -201,7 +219,7 @@ class FakeState:
         if newest.pending_queries > 0:
             newest.pending_queries -= 1
             return Reply(200, {"status": PENDING_STATUS})
-        return Reply(200, {"status": READY_STATUS})
+        return Reply(200, {"status": FAILED_STATUS if newest.fails else READY_STATUS})
 
     def _rpc_GetDataset(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
@@ -209,7 +227,10 @@ class FakeState:
             return dataset
         info = {"ref": dataset.ref, "title": dataset.title, "isPrivate": dataset.is_private}
         info.update(ownerRef=dataset.owner, licenseName=dataset.license_name)
-        return Reply(200, {**info, "currentVersionNumber": dataset.versions[-1].number})
+        ready = dataset.newest_ready()  # the newest *processed* version; omitted before the first one (#890)
+        if ready is not None:
+            info["currentVersionNumber"] = ready.number
+        return Reply(200, info)
 
     def _rpc_GetDatasetMetadata(self, user: str | None, body: dict[str, Any]) -> Reply:
         dataset = self._find(user, body)
