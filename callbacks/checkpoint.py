@@ -20,6 +20,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
 from callbacks.checkpoint_io import SnapshotCheckpointIO
+from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
 from lightning_app.persistence.checkpoint_folder import CheckpointFolder
@@ -27,6 +28,9 @@ from lightning_app.persistence.manifest import CheckpointEntry, sha256_of, train
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
 log = logging.getLogger("lightning_app.checkpoint")
+
+#: The `StepConsensus` question of the time trigger (``train_time_interval``).
+TIME_SAVE_DUE = "time_save_due"
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             wrote are deleted. None keeps all.
         every_n_epochs: save at the end of every N-th epoch.
         every_n_train_steps: also save mid-epoch every N optimizer steps.
-        train_time_interval: also save mid-epoch when this much time passed since the last save (``00:30:00``).
+        train_time_interval: also save mid-epoch when this much time passed since the last save (``00:30:00``);
+            under DDP the ranks agree on it through `consensus`, a couple of seconds late at most.
         save_weights_only: save only the weights (such a checkpoint cannot resume training).
         verbose: log one line per saved checkpoint.
         monitor: a logged metric (``val_loss``): the checkpoint with its best value is kept besides the newest
@@ -112,6 +117,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._last_save_time = time.monotonic()
         self._save_requested = False
         self._end_of_epoch = False
+        #: Decisions every rank takes at the same step; `SessionDeadline` asks its questions here too.
+        self.consensus = StepConsensus()
         self.run_id = ""
         self.training: dict[str, object] = {}
         self.last_saved: SavedCheckpoint | None = None
@@ -160,6 +167,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         settings = getattr(pl_module, "settings", None)
         self.settings = dict(settings()) if callable(settings) else {}
         self.training = training_config(trainer, pl_module)
+        if self.time_interval is not None:
+            self.consensus.ask(TIME_SAVE_DUE, self._time_save_due)
         folder = Path(self.dirpath)
         # A fresh id; a resumed run gets its own back from the checkpoint (`load_state_dict` runs after setup).
         self.run_id = trainer.strategy.broadcast(uuid.uuid4().hex[:12])
@@ -178,23 +187,26 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         super().on_train_start(trainer, pl_module)
         self._last_save_time = time.monotonic()
 
+    def _time_save_due(self) -> bool:
+        return time.monotonic() - self._last_save_time >= self.time_interval.total_seconds()
+
     @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         self._writer.before_optimizer_step()  # a GPU copy of the last save may still be reading the weights
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        answers = self.consensus.at_batch_end(trainer, batch_idx)  # every batch: the ranks count batches alike
         if self._should_skip_saving_checkpoint(trainer):
             return
+        if answers.get(TIME_SAVE_DUE):
+            self._save_requested = True  # at this step boundary, or the next one if mid-accumulation
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if (batch_idx + 1) % trainer.accumulate_grad_batches and not last_batch:
             return  # mid-accumulation: the gradients so far are not in any checkpoint
         due = self._save_requested
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             due = True
-        if self.time_interval is not None:
-            elapsed = time.monotonic() - self._last_save_time
-            due = trainer.strategy.broadcast(due or elapsed >= self.time_interval.total_seconds())
         if due and last_batch:
             # A step save here would restore an exhausted loader and the resumed run would skip the next epoch:
             # the save happens at the epoch's end instead, whatever `every_n_epochs` says.

@@ -15,6 +15,7 @@ from typing_extensions import override
 import lightning_app
 from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from callbacks.kaggle_sync import KaggleDatasetSync
+from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
 
@@ -24,6 +25,8 @@ log = logging.getLogger("lightning_app.deadline")
 KAGGLE_DEFAULT_BUDGET = "11:30:00"
 #: Until an upload is measured, assume this rate (bytes/s) for the first one.
 ASSUMED_UPLOAD_RATE = 10e6
+#: The `StepConsensus` questions of this callback.
+SIGNAL_RECEIVED, DEADLINE_DUE = "signal_received", "deadline_due"
 _RESUME_HINT = "Resume with the same command plus --resume (in a new session, with or without the dataset attached)."
 
 
@@ -36,7 +39,9 @@ class SessionDeadline(Callback):
     checkpoint, waits for it to be published and stops training, so ``fit`` returns normally.
 
     A first SIGTERM or SIGINT does the same at the next step boundary, waiting at most ``signal_timeout`` for
-    the upload; a second one exits at once. Under DDP every rank stops at the same step.
+    the upload; a second one exits at once. Under DDP every rank stops at the same step: the ranks agree through
+    the checkpoint callback's `StepConsensus` (their own one without it), one small all-reduce every couple of
+    seconds shared with the time-based saves, rather than a collective per step.
 
     Args:
         budget: time this session may train, e.g. ``11:30:00``; ``auto`` is 11:30:00 inside a Kaggle notebook
@@ -66,8 +71,7 @@ class SessionDeadline(Callback):
         self.handle_signals = handle_signals
         self.stopped_because: str | None = None
         self._signals = 0
-        self._step_seconds = 0.0
-        self._last_step_end: float | None = None
+        self._consensus = StepConsensus()
         self._save_seconds = 0.0  # the slowest checkpoint write seen in this run
         self._state_bytes = 0  # weights + AdamW moments: about what one checkpoint uploads
         self._previous_handlers: dict[int, object] = {}
@@ -81,13 +85,19 @@ class SessionDeadline(Callback):
         return self.budget_seconds - (time.monotonic() - lightning_app.PROCESS_START)
 
     def needed_seconds(self) -> float:
-        """What stopping cleanly costs now: a checkpoint, its upload, and a couple of steps to get there."""
+        """What stopping cleanly costs now: a checkpoint, its upload, and a couple of steps to get there (plus,
+        under DDP, the seconds until the ranks next agree)."""
         publish = 0.0
         if self._sync is not None and self._sync.publisher is not None and self._sync.publisher.last_published:
             publish = self._sync.publisher.last_published.version.seconds
         elif self._sync is not None and self._sync.publisher is not None:
             publish = 5.0 + self._state_bytes / ASSUMED_UPLOAD_RATE  # nothing measured yet
-        return self.safety * (self._save_seconds + publish) + 2 * self._step_seconds + self.reserve
+        steps = 2 * self._consensus.step_seconds + self._consensus.lateness_seconds
+        return self.safety * (self._save_seconds + publish) + steps + self.reserve
+
+    def _out_of_time(self) -> bool:
+        remaining = self.remaining_seconds()
+        return remaining is not None and remaining <= self.needed_seconds()
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -97,6 +107,12 @@ class SessionDeadline(Callback):
         self._sync = next((cb for cb in trainer.callbacks if isinstance(cb, KaggleDatasetSync)), None)
         if self._checkpoint is not None:
             self._checkpoint.add_listener(self._learn_save_time)
+        # With the checkpoint callback, its consensus: one collective per check for both callbacks.
+        self._consensus = self._checkpoint.consensus if self._checkpoint is not None else self._consensus
+        if self.handle_signals:
+            self._consensus.ask(SIGNAL_RECEIVED, lambda: self._signals > 0)
+        if self.budget_seconds is not None:
+            self._consensus.ask(DEADLINE_DUE, self._out_of_time)
 
     def _learn_save_time(self, saved: SavedCheckpoint) -> None:
         self._save_seconds = max(self._save_seconds, saved.seconds + self._checkpoint.last_blocked_seconds)
@@ -130,19 +146,10 @@ class SessionDeadline(Callback):
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        answers = self._consensus.at_batch_end(trainer, batch_idx)  # the same on every rank
         if self.stopped_because is not None:
             return
-        now = time.monotonic()
-        if self._last_step_end is not None:
-            step = now - self._last_step_end
-            self._step_seconds = step if self._step_seconds == 0 else 0.9 * self._step_seconds + 0.1 * step
-        self._last_step_end = now
-        remaining = self.remaining_seconds()
-        out_of_time = remaining is not None and remaining <= self.needed_seconds()
-        reason = "signal" if self._signals else ("budget" if out_of_time else None)
-        if trainer.world_size > 1:  # every rank stops at the same step
-            stop = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
-            reason = (reason or "signal") if stop else None
+        reason = "signal" if answers.get(SIGNAL_RECEIVED) else ("budget" if answers.get(DEADLINE_DUE) else None)
         if reason is not None:
             self._stop(trainer, reason)
 

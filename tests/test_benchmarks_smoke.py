@@ -69,7 +69,7 @@ def test_restore_time_quick(capsys):
 
 
 def test_the_commands_start():
-    for name in ("throughput", "checkpoint_stall", "upload_volume", "restore_time"):
+    for name in ("throughput", "checkpoint_stall", "upload_volume", "restore_time", "collectives"):
         done = subprocess.run(
             [sys.executable, "-m", f"benchmarks.{name}", "--help"], cwd=REPO, capture_output=True, text=True
         )
