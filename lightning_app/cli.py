@@ -46,7 +46,7 @@ SEED_ALIASES = {
 
 
 def expand_aliases(argv: list[str]) -> list[str]:
-    """``--epochs 10`` -> ``--trainer.max_epochs 10`` (also ``--epochs=10``); ``--trainer.precision auto`` -> unset."""
+    """``--epochs 10`` -> ``--trainer.max_epochs 10`` (also ``--epochs=10``); every other argument is kept."""
     expanded = []
     for arg in argv:
         flag, eq, value = arg.partition("=")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_app.errors import bad_value
+from lightning_app.experiment import ARCHITECTURE_KEYS
 from lightning_app.model.positional import PE_TYPES, PeType, PositionalEncoding, build_positional
 
 
@@ -89,7 +90,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "large": {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096, "max_seq_len": 1024},
 }
 
-_POSITIVE_INTS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
+_POSITIVE_INTS = tuple(key for key in ARCHITECTURE_KEYS if key not in ("pe_type", "model_size"))
 
 
 @dataclass(kw_only=True)
