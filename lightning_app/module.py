@@ -14,7 +14,7 @@ from torchmetrics.text import Perplexity
 
 from lightning_app.errors import bad_value
 from lightning_app.experiment import ARCHITECTURE_KEYS
-from lightning_app.model import TransformerConfig, TransformerLM
+from lightning_app.model import PeType, TransformerConfig, TransformerLM
 from lightning_app.rng import (
     capture_rng_state,
     pack_rank_states,
@@ -26,7 +26,6 @@ from lightning_app.schedule import WarmupCosine
 
 log = logging.getLogger("lightning_app")
 
-PeType = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
 ModelSize = Literal["tiny", "small", "base", "large"]
 
 
