@@ -23,7 +23,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
-from lightning_app.errors import ConfigError, bad_value
+from lightning_app.errors import ConfigError
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import restore
@@ -46,24 +46,12 @@ SEED_ALIASES = {
 
 
 def expand_aliases(argv: list[str]) -> list[str]:
-    """``--epochs 10`` -> ``--trainer.max_epochs 10`` (also ``--epochs=10``); ``--trainer.precision auto`` -> unset."""
+    """``--epochs 10`` -> ``--trainer.max_epochs 10`` (also ``--epochs=10``); every other argument is kept."""
     expanded = []
     for arg in argv:
         flag, eq, value = arg.partition("=")
         expanded.append(SEED_ALIASES[flag] + eq + value if flag in SEED_ALIASES else arg)
     return expanded
-
-
-def check_sequence_length(model: LanguageModel, datamodule) -> None:
-    """Refuse, before training, a sequence length the positional encoding cannot represent."""
-    limit = model.model.pe.max_length
-    seq_len = getattr(datamodule, "seq_len", None)
-    if limit is not None and seq_len is not None and seq_len > limit:
-        raise bad_value(
-            "--data.seq_len",
-            seq_len,
-            f"an integer <= {limit} for pe_type {model.hparams.pe_type!r} (raise --model.max_seq_len to allow more)",
-        )
 
 
 def make_cli(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TrainingCLI:
@@ -117,7 +105,9 @@ class TrainingCLI(LightningCLI):
     def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """`Trainer.fit`, after the restore hook has turned ``--resume`` into a local checkpoint path."""
         config = self.config_init[self.subcommand]
-        check_sequence_length(model, datamodule)
+        seq_len = getattr(datamodule, "seq_len", None)
+        if seq_len is not None:
+            model.model.check_sequence_length(seq_len)  # before training, not at the first batch
         if ckpt_path is None:
             ckpt_path = self._resolve_resume(config.get("resume"), model, datamodule, config.restore)
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)

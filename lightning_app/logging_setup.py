@@ -1,5 +1,5 @@
 """What ``fit`` logs by default: one CSV file per experiment that continues across resumes, TensorBoard when it is
-installed, the learning rate, and the training wall time.
+installed, the learning rate (`LearningRateMonitor`), and the training wall time (`callbacks.wall_clock`).
 
 Layout (``save_dir`` is ``logs``)::
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -30,10 +29,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from typing_extensions import override
 
+from callbacks.wall_clock import WallClock
 from lightning_app.experiment import experiment_name
-
-#: Logged once per validation: seconds of training so far, summed over every session of the run.
-WALL_TIME_KEY = "wall_time"
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -49,7 +46,19 @@ class _AppendingWriter(ExperimentWriter):
             self.metrics_keys = list(next(csv.reader(file), []))
 
 
-class ResumableCSVLogger(CSVLogger):
+class _NamedAfterExperiment:
+    """``name_after`` for a Lightning logger that keeps its folder name in ``_version`` and opens ``_experiment``."""
+
+    _version: int | str | None
+    _experiment: Any
+
+    def name_after(self, experiment: str) -> None:
+        """Use ``experiment`` as the version folder, unless a version was given or the folder is already open."""
+        if self._version is None and self._experiment is None:
+            self._version = experiment
+
+
+class ResumableCSVLogger(_NamedAfterExperiment, CSVLogger):
     """A `CSVLogger` whose ``metrics.csv`` continues across resumed sessions in the same working directory.
 
     Left without a ``version``, the CLI names the folder after the experiment (`name_loggers`), so every session
@@ -74,11 +83,6 @@ class ResumableCSVLogger(CSVLogger):
     ) -> None:
         super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
 
-    def name_after(self, experiment: str) -> None:
-        """Use ``experiment`` as the version folder, unless a version was given or the folder is already open."""
-        if self._version is None and self._experiment is None:
-            self._version = experiment
-
     @property
     @override
     @rank_zero_experiment
@@ -89,7 +93,7 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-class ResumableTensorBoardLogger(TensorBoardLogger):
+class ResumableTensorBoardLogger(_NamedAfterExperiment, TensorBoardLogger):
     """A `TensorBoardLogger` named after the experiment, so resumed sessions add event files to one run folder.
 
     Args:
@@ -107,11 +111,6 @@ class ResumableTensorBoardLogger(TensorBoardLogger):
         default_hp_metric: bool = False,
     ) -> None:
         super().__init__(save_dir, name, version, default_hp_metric=default_hp_metric)
-
-    def name_after(self, experiment: str) -> None:
-        """Use ``experiment`` as the version folder, unless a version was given or the writer is already open."""
-        if self._version is None and self._experiment is None:
-            self._version = experiment
 
 
 def tensorboard_available() -> bool:
@@ -148,81 +147,16 @@ def name_loggers(trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any
     return name
 
 
-class TrainingClock(Callback):
-    """Logs ``wall_time``, the seconds of training so far, at the end of every validation during ``fit``.
-
-    The time is kept in the checkpoint, so it adds up across sessions: a resumed run continues the clock from its
-    checkpoint (time spent after that checkpoint by a session that died is not counted, as its work is redone).
-    """
-
-    def __init__(self) -> None:
-        self._offset = 0.0
-        self._started: float | None = None
-
-    @property
-    @override
-    def state_key(self) -> str:
-        return "TrainingClock"
-
-    def elapsed(self) -> float:
-        """Seconds of training in this run, over all sessions."""
-        running = time.monotonic() - self._started if self._started is not None else 0.0
-        return self._offset + running
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._started = time.monotonic()
-
-    @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._offset, self._started = self.elapsed(), None
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
-            return
-        # A Python float: no device sync. sync_dist averages the ranks' clocks (and silences Lightning's warning).
-        pl_module.log(WALL_TIME_KEY, round(self.elapsed(), 3), sync_dist=True)
-
-    @override
-    def state_dict(self) -> dict[str, float]:
-        return {"elapsed": self.elapsed()}
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._offset = float(state_dict.get("elapsed", 0.0))
-        self._started = None
-
-
-class OptionalLearningRateMonitor(LearningRateMonitor):
-    """`LearningRateMonitor` that stays silent, instead of failing, when the trainer has no logger."""
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_start(trainer, *args, **kwargs)
-
-    @override
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_batch_start(trainer, *args, **kwargs)
-
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        if trainer.loggers:
-            super().on_train_epoch_start(trainer, *args, **kwargs)
-
-
 def add_logging_callbacks(trainer: pl.Trainer) -> None:
-    """Add the learning-rate monitor (per step) and the `TrainingClock`, unless the trainer has them already.
+    """Add the learning-rate monitor (per step, only with a logger) and the `WallClock`, unless already there.
 
     Inserted before the checkpoint callbacks, where Lightning keeps every other callback.
     """
     wanted: list[Callback] = []
-    if not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks):
-        wanted.append(OptionalLearningRateMonitor(logging_interval="step"))
-    if not any(isinstance(cb, TrainingClock) for cb in trainer.callbacks):
-        wanted.append(TrainingClock())
+    if trainer.loggers and not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks):
+        wanted.append(LearningRateMonitor(logging_interval="step"))
+    if not any(isinstance(cb, WallClock) for cb in trainer.callbacks):
+        wanted.append(WallClock())
     first_checkpoint = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), None)
     at = len(trainer.callbacks) if first_checkpoint is None else first_checkpoint
     trainer.callbacks[at:at] = wanted

@@ -13,7 +13,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from lightning_app.errors import bad_value
-from lightning_app.model import TransformerConfig, TransformerLM
+from lightning_app.experiment import ARCHITECTURE_KEYS
+from lightning_app.model import PeType, TransformerConfig, TransformerLM
 from lightning_app.rng import (
     capture_rng_state,
     pack_rank_states,
@@ -25,11 +26,7 @@ from lightning_app.schedule import WarmupCosine
 
 log = logging.getLogger("lightning_app")
 
-PeType = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
 ModelSize = Literal["tiny", "small", "base", "large"]
-
-#: The settings a checkpoint must share with the run that resumes it (written into every manifest entry).
-ARCHITECTURE_KEYS = ("pe_type", "model_size", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
 
 
 class LanguageModel(pl.LightningModule):

@@ -29,11 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from lightning_app.experiment import ARCHITECTURE_KEYS, WALL_TIME_KEY
+
 METRICS_NAME = "metrics.csv"
-#: `lightning_app.logging_setup.WALL_TIME_KEY` (not imported: plotting should not have to load Lightning).
-WALL_TIME_KEY = "wall_time"
-#: Settings that tell two experiments apart (the model's architecture); training knobs may change on resume.
-EXPERIMENT_KEYS = ("pe_type", "model_size", "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
 #: A log folder named by the CLI after the experiment: ``rope-small-1a2b3c4d``.
 _EXPERIMENT_DIR = re.compile(r"^[a-z]+-[a-z]+-[0-9a-f]{8}$")
 PE_COLORS = {"sinusoidal": "tab:blue", "learned": "tab:orange", "rope": "tab:green", "alibi": "tab:red", "none": "0.45"}
@@ -110,7 +108,7 @@ def experiment_key(metrics: Path, settings: dict[str, object]) -> str:
     if _EXPERIMENT_DIR.match(metrics.parent.name):
         return metrics.parent.name
     if settings:
-        return "|".join(f"{k}={settings.get(k)}" for k in EXPERIMENT_KEYS)
+        return "|".join(f"{k}={settings.get(k)}" for k in ARCHITECTURE_KEYS)
     return str(metrics.resolve())
 
 

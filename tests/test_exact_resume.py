@@ -74,7 +74,8 @@ def _assert_exact(
     match = re.search(r"Resuming from kaggle_epoch_\d+_[\d-]+\.ckpt \(epoch \d+, step (\d+)\)", output)
     assert match, output[-3000:]
     assert int(match[1]) == resumed_from
-    # It really resumed (RESUME_FACTS 10): a silent restart from step 0 would also end with equal weights.
+    # It really resumed: a silent restart from step 0 (a checkpoint that failed to load) would also end with
+    # equal weights, so check that the second session's first logged step is the checkpoint's.
     second_session = _second_session_losses(work, first_session)
     assert min(second_session) == resumed_from, "the resumed session did not start at the checkpoint's step"
     expected = train_losses(uninterrupted / "logs")

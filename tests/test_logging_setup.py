@@ -12,13 +12,12 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_app import logging_setup, plot
-from lightning_app.experiment import experiment_name
+from callbacks.wall_clock import WallClock
+from lightning_app import logging_setup
+from lightning_app.experiment import WALL_TIME_KEY, experiment_name
 from lightning_app.logging_setup import (
-    OptionalLearningRateMonitor,
     ResumableCSVLogger,
     ResumableTensorBoardLogger,
-    TrainingClock,
     add_logging_callbacks,
     default_loggers,
     name_loggers,
@@ -100,19 +99,27 @@ def test_a_resumed_fit_appends_to_the_same_metrics_file(tmp_path):
     assert after[: len(before)] == before, "the first session's rows are kept, in order"
     appended = after[len(before) :]
     assert min(int(r["step"]) for r in appended if r["train_loss"]) == 8  # 4 steps per epoch, resumed after 2
-    clock = [float(r[logging_setup.WALL_TIME_KEY]) for r in after if r[logging_setup.WALL_TIME_KEY]]
+    clock = [float(r[WALL_TIME_KEY]) for r in after if r[WALL_TIME_KEY]]
     assert len(clock) == 3 and clock == sorted(clock), "wall time once per validation, continuing across sessions"
     lr_columns = [k for k in after[0] if k.startswith("lr-")]
     assert lr_columns and all(any(r[k] for r in appended) for k in lr_columns), "the learning rate is logged"
 
 
-def test_training_clock_is_restored_from_its_state():
-    clock = TrainingClock()
-    clock.load_state_dict({"elapsed": 120.5})
-    assert clock.elapsed() == 120.5
-    assert clock.state_dict() == {"elapsed": 120.5}
-    assert TrainingClock().state_dict() == {"elapsed": 0.0}
-    assert clock.state_key == "TrainingClock"
+def test_a_checkpoint_with_the_old_training_clock_state_continues_the_clock(tmp_path):
+    first = _trainer(tmp_path, epochs=1)
+    first.fit(TinyRegression())
+    path = sorted((tmp_path / "ckpt").glob("*.ckpt"))[-1]
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["callbacks"]["WallClock"]
+    checkpoint["callbacks"]["TrainingClock"] = {"elapsed": 1000.0}  # what checkpoints held before WallClock
+    torch.save(checkpoint, path)
+
+    second = _trainer(tmp_path, epochs=2, logger=ResumableCSVLogger(save_dir=str(tmp_path / "again")))
+    second.fit(TinyRegression(), ckpt_path=str(path))
+    clock = next(cb for cb in second.callbacks if isinstance(cb, WallClock))
+    assert clock.time_elapsed() >= 1000.0
+    (metrics,) = (tmp_path / "again").rglob("metrics.csv")
+    assert [float(r[WALL_TIME_KEY]) >= 1000.0 for r in _rows(metrics) if r[WALL_TIME_KEY]] == [True]
 
 
 def test_an_explicit_version_is_kept(tmp_path):
@@ -145,17 +152,14 @@ def test_logging_callbacks_are_added_once_before_the_checkpoint(tmp_path):
     trainer = _trainer(tmp_path, epochs=1)
     add_logging_callbacks(trainer)  # a second time: nothing more
     kinds = [type(cb) for cb in trainer.callbacks]
-    assert kinds.count(OptionalLearningRateMonitor) == 1 and kinds.count(TrainingClock) == 1
-    assert kinds.index(TrainingClock) < kinds.index(ModelCheckpoint)
+    assert kinds.count(LearningRateMonitor) == 1 and kinds.count(WallClock) == 1
+    assert kinds.index(WallClock) < kinds.index(ModelCheckpoint)
     own = _trainer(tmp_path, epochs=1, callbacks=[LearningRateMonitor()])
     assert sum(isinstance(cb, LearningRateMonitor) for cb in own.callbacks) == 1
 
 
 def test_without_a_logger_training_still_runs(tmp_path):
     trainer = _trainer(tmp_path, epochs=1, logger=False)
+    assert not any(isinstance(cb, LearningRateMonitor) for cb in trainer.callbacks)
     trainer.fit(TinyRegression())
     assert trainer.global_step == 4
-
-
-def test_plot_reads_the_key_the_clock_logs():
-    assert plot.WALL_TIME_KEY == logging_setup.WALL_TIME_KEY

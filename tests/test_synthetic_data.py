@@ -171,8 +171,9 @@ def test_trainer_resumes_on_exactly_the_remaining_batches(tmp_path, num_workers)
 
 @pytest.mark.xfail(strict=True, reason="Lightning 2.6 skips the next epoch after a last-batch step checkpoint")
 def test_canary_lightning_skips_the_epoch_after_a_checkpoint_on_the_last_batch(tmp_path):
-    """RESUME_FACTS item 2: the loop restores `is_last_batch` and finishes the next epoch at once, before it asks
-    the loader for anything; no data module can fix it, so the project skips step saves on the last batch."""
+    """Resuming from a checkpoint saved on an epoch's last batch, Lightning's loop restores `is_last_batch` and
+    finishes the next epoch at once, before it asks the loader for anything; no data module can fix it, so the
+    project skips step saves on the last batch."""
     path = str(tmp_path / "step6.ckpt")
     full = _fit(Recorder(save_at={6: path}), 0).seen
     assert _fit(Recorder(), 0, ckpt_path=path).seen == full[6:]

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_app.data.base import TokenWindowDataModule, TokenWindows, check_int
+from lightning_app.data.checks import check_int
+from lightning_app.data.datamodule import TokenWindowDataModule
 from lightning_app.data.sampler import derive_seed
+from lightning_app.data.windows import TokenWindows
 from lightning_app.errors import bad_value
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from typing_extensions import override
 
 from lightning_app.atomic import atomic_file
-from lightning_app.data.base import TokenWindowDataModule, TokenWindows
+from lightning_app.data.datamodule import TokenWindowDataModule
+from lightning_app.data.windows import TokenWindows
 from lightning_app.errors import ConfigError, bad_value
 
 DEFAULT_CACHE_DIR = "~/.cache/lightning_app/tokens"

@@ -12,6 +12,7 @@ from lightning_app.model.positional import (
     SinusoidalPositionalEncoding,
     alibi_slopes,
     build_positional,
+    check_positional,
 )
 from lightning_app.model.transformer import (
     MLP,
@@ -40,4 +41,5 @@ __all__ = [
     "TransformerLM",
     "alibi_slopes",
     "build_positional",
+    "check_positional",
 ]

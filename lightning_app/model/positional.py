@@ -153,17 +153,6 @@ class RotaryPositionalEncoding(PositionalEncoding):
 
     base = 10000.0
 
-    def __init__(self, d_model: int, n_heads: int, max_seq_len: int) -> None:
-        head_dim = d_model // n_heads
-        if head_dim % 2:
-            raise bad_value(
-                "--model.n_heads",
-                n_heads,
-                f"a head count giving an even head_dim for pe_type 'rope' (--model.d_model={d_model} / "
-                f"--model.n_heads={n_heads} = {head_dim})",
-            )
-        super().__init__(d_model, n_heads, max_seq_len)
-
     def _tables(self, length: int, device: torch.device | None) -> dict[str, Tensor]:
         hs = self.head_dim
         inv_freq = self.base ** -(torch.arange(0, hs, 2, device=device, dtype=torch.float32) / hs)  # (hs/2,)
@@ -236,7 +225,23 @@ def build_positional(config: PositionalConfig) -> PositionalEncoding:
     Raises:
         ConfigError: ``pe_type`` is not a key of ``POSITIONAL_ENCODINGS``, or ``rope`` gets an odd head_dim.
     """
-    cls = POSITIONAL_ENCODINGS.get(config.pe_type)
-    if cls is None:
-        raise bad_value("--model.pe_type", config.pe_type, PE_TYPES)
-    return cls(config.d_model, config.n_heads, config.max_seq_len)
+    check_positional(config.pe_type, config.d_model, config.n_heads)
+    return POSITIONAL_ENCODINGS[config.pe_type](config.d_model, config.n_heads, config.max_seq_len)
+
+
+def check_positional(pe_type: str, d_model: int, n_heads: int) -> None:
+    """Refuse a ``pe_type`` outside ``POSITIONAL_ENCODINGS``, and ``rope`` with an odd head_dim.
+
+    Raises:
+        ConfigError: naming ``--model.pe_type`` or ``--model.n_heads``.
+    """
+    if pe_type not in POSITIONAL_ENCODINGS:
+        raise bad_value("--model.pe_type", pe_type, PE_TYPES)
+    head_dim = d_model // n_heads
+    if pe_type == "rope" and head_dim % 2:
+        raise bad_value(
+            "--model.n_heads",
+            n_heads,
+            f"a head count giving an even head_dim for pe_type 'rope' (--model.d_model={d_model} / "
+            f"--model.n_heads={n_heads} = {head_dim})",
+        )

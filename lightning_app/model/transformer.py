@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_app.errors import bad_value
-from lightning_app.model.positional import PE_TYPES, PeType, PositionalEncoding, build_positional
+from lightning_app.experiment import ARCHITECTURE_KEYS
+from lightning_app.model.positional import (
+    PeType,
+    PositionalEncoding,
+    build_positional,
+    check_positional,
+)
 
 
 class CausalSelfAttention(nn.Module):
@@ -89,7 +95,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
     "large": {"n_layers": 24, "d_model": 1024, "n_heads": 16, "d_ff": 4096, "max_seq_len": 1024},
 }
 
-_POSITIVE_INTS = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
+_POSITIVE_INTS = tuple(key for key in ARCHITECTURE_KEYS if key not in ("pe_type", "model_size"))
 
 
 @dataclass(kw_only=True)
@@ -119,8 +125,6 @@ class TransformerConfig:
     """Positional encoding: sinusoidal, learned, rope, alibi or none."""
 
     def __post_init__(self) -> None:
-        if self.pe_type not in PE_TYPES:
-            raise bad_value("--model.pe_type", self.pe_type, PE_TYPES)
         for name in _POSITIVE_INTS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -129,13 +133,7 @@ class TransformerConfig:
             raise bad_value("--model.dropout", self.dropout, "a number in [0, 1)")
         if self.d_model % self.n_heads:
             raise bad_value("--model.n_heads", self.n_heads, f"a divisor of --model.d_model={self.d_model}")
-        if self.pe_type == "rope" and self.head_dim % 2:
-            raise bad_value(
-                "--model.n_heads",
-                self.n_heads,
-                f"a head count giving an even head_dim for pe_type 'rope' (--model.d_model={self.d_model} / "
-                f"--model.n_heads={self.n_heads} = {self.head_dim})",
-            )
+        check_positional(self.pe_type, self.d_model, self.n_heads)  # last: it divides d_model by n_heads
 
     @property
     def head_dim(self) -> int:
@@ -197,6 +195,20 @@ class TransformerLM(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def check_sequence_length(self, length: int) -> None:
+        """Refuse a sequence longer than the positional encoding can represent (``learned`` only).
+
+        Raises:
+            ConfigError: naming ``--data.seq_len``, the limit and ``--model.max_seq_len``.
+        """
+        limit = self.pe.max_length
+        if limit is not None and length > limit:
+            raise bad_value(
+                "--data.seq_len",
+                length,
+                f"an integer <= {limit} for pe_type {self.config.pe_type!r} (raise --model.max_seq_len to allow more)",
+            )
+
     def forward(self, idx: Tensor) -> Tensor:
         """Next-token logits for every position.
 
@@ -210,14 +222,7 @@ class TransformerLM(nn.Module):
             ConfigError: T is longer than the positional encoding can represent (``learned`` only).
         """
         B, T = idx.size()
-        limit = self.pe.max_length
-        if limit is not None and limit < T:
-            raise bad_value(
-                "--data.seq_len",
-                T,
-                f"an integer <= {limit}, the size of the {self.config.pe_type!r} position table "
-                f"(raise --model.max_seq_len to allow longer sequences)",
-            )
+        self.check_sequence_length(T)
         x = self.tok_emb(idx)  # (B, T, C)
         x = self.drop(self.pe.embed(x))  # (B, T, C)
         # Once per forward, not per layer: every block sees the same positions.
