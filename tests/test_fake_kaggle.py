@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from lightning_app.persistence.kaggle_calls import _status
+
 REF = "fake-user/test-dataset"
 
 
@@ -68,7 +70,7 @@ def test_create_version_list_and_download(api, fake_kaggle, tmp_path):
     api.dataset_download_files(f"{REF}/1", path=str(tmp_path / "dl"), unzip=False, force=True, quiet=True)
     with zipfile.ZipFile(tmp_path / "dl" / "test-dataset.zip") as archive:
         assert {n: archive.read(n) for n in archive.namelist()} == first
-    assert json.loads(api.dataset_status(REF, format="json"))["current_version_number"] == 2
+    assert _status(api, REF) == {"status": "ready", "version": 2}  # 2.x: format="json"; 1.8: client_compat
 
 
 def test_listing_pages_and_missing_things(api, tmp_path):

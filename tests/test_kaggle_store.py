@@ -155,9 +155,10 @@ def test_http_errors_are_transient_and_retry_succeeds(store, stage, fake_kaggle,
 
 def test_failed_blob_upload_is_transient(store, stage, fake_kaggle):
     fake_kaggle.fail_next(1, status=500, methods="PUT")
-    with pytest.raises(TransientError, match="Upload unsuccessful"):
+    # kaggle 2.x raises; 1.8.x drops the file and creates the version anyway, which the file check catches.
+    with pytest.raises(TransientError, match="Upload unsuccessful|incomplete: missing"):
         store.publish(stage("one", {"a.ckpt": b"1"}), "one")
-    assert not fake_kaggle.datasets
+    assert all(not v.files for v in fake_kaggle.versions(REF)) if fake_kaggle.datasets else True
 
 
 def test_dropped_connection_is_transient(store, stage, fake_kaggle):

@@ -109,7 +109,10 @@ def connect() -> Any:
     except (OSError, SystemExit) as error:
         raise _login_failure(error) from error
     try:
-        api.authenticate()  # again, so that 2.x reports missing credentials (it calls exit(1))
+        # Again when the import did not log in, so that 2.x reports missing credentials (it calls exit(1)); not
+        # after a token login: 1.8 then removes KAGGLE_API_TOKEN from os.environ and a second login finds nothing.
+        if not (getattr(api, "config_values", None) or {}).get("username"):
+            api.authenticate()
     except (OSError, SystemExit) as error:
         raise _login_failure(error) from error
     with_retry = getattr(api, "with_retry", None)
@@ -146,9 +149,10 @@ def refused_message(detail: str) -> str:
 def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
     try:
         data = json.loads(api.dataset_status(ref, format=fields))
-    except TypeError:  # kaggle < 2.1: no format argument, status only
-        wants_status = fields == "json" or "status" in fields
-        return {"status": str(api.dataset_status(ref)).lower(), "version": None} if wants_status else {}
+    except TypeError:  # kaggle < 2.1.1: no format argument (client_compat makes the same requests)
+        from lightning_app.persistence.client_compat import dataset_state
+
+        return dataset_state(api, ref)
     return {"status": str(data.get("status", "")).lower(), "version": data.get("current_version_number")}
 
 

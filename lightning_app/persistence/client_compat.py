@@ -1,0 +1,37 @@
+"""The few differences between the ``kaggle`` client generations this project supports (1.8.x and 2.x), in one place.
+
+- ``dataset_status(ref, format="json(...)")`` (status and ``current_version_number``) exists only from 2.1.1; on
+  older clients the same two kagglesdk requests are made here (GetDatasetStatus, GetDataset).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The oldest client tested (setup.cfg's lower bound; .ci/run runs the end-to-end tests with it).
+OLDEST_TESTED = "1.8.3"
+
+
+def client_version() -> str:
+    try:
+        import kaggle
+
+        return str(getattr(kaggle, "__version__", "unknown"))
+    except Exception:  # noqa: BLE001 - import-time authentication failures are reported elsewhere
+        return "unknown"
+
+
+def dataset_state(api: Any, ref: str) -> dict[str, Any]:
+    """``{"status", "version"}`` of ``owner/slug`` on a client whose ``dataset_status`` takes no ``format``."""
+    status = str(api.dataset_status(ref)).lower()
+    try:
+        from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
+    except ImportError:  # a client without kagglesdk: the newest version is listed without a number
+        return {"status": status, "version": None}
+    owner, slug = ref.split("/")[:2]
+    request = ApiGetDatasetRequest()
+    request.owner_slug = owner
+    request.dataset_slug = slug
+    with api.build_kaggle_client() as kaggle:
+        response = kaggle.datasets.dataset_api_client.get_dataset(request)
+    return {"status": status, "version": response.current_version_number or None}
