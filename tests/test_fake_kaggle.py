@@ -148,8 +148,7 @@ def test_only_a_first_version_still_processing_blocks_a_new_version(api, fake_ka
     api.dataset_create_version(_folder(tmp_path, "v2-again", {"b": b"2"}), version_notes="two", quiet=True)
     # A later version may be created while an earlier one still processes.
     api.dataset_create_version(_folder(tmp_path, "v3", {"c": b"3"}), version_notes="three", quiet=True)
-    pending = {"status": "blobs_received", "current_version_number": 1}
-    assert json.loads(api.dataset_status(REF, format="json")) == pending
+    assert _status(api, REF) == {"status": "blobs_received", "version": 1}
     assert _listing(api, REF) == {"a": 1}  # the newest *processed* version
     assert [api.dataset_status(REF) for _ in range(2)] == ["blobs_received", "ready"]
     assert _listing(api, REF) == {"c": 1}
@@ -159,14 +158,13 @@ def test_a_new_version_lags_and_current_version_number_waits_for_processing(api,
     fake_kaggle.processing_delay(2)
     fake_kaggle.lag_new_versions(2)
     api.dataset_create_new(_folder(tmp_path, "v1", {"a": b"1"}), public=False, quiet=True)
-    pending = {"status": "blobs_received", "current_version_number": 0}  # none processed yet
-    assert json.loads(api.dataset_status(REF, format="json")) == pending
+    assert _status(api, REF) == {"status": "blobs_received", "version": None}  # none processed yet
     assert api.dataset_status(REF) == "blobs_received"
     for _ in range(2):
         with pytest.raises(requests.HTTPError) as caught:
             api.dataset_list_files(f"{REF}/1")
         assert caught.value.response.status_code == 404
-    assert json.loads(api.dataset_status(REF, format="json")) == {"status": "ready", "current_version_number": 1}
+    assert _status(api, REF) == {"status": "ready", "version": 1}
     assert _listing(api, f"{REF}/1") == {"a": 1}
 
 
@@ -175,7 +173,7 @@ def test_processing_can_fail_after_an_ok_create(api, fake_kaggle, tmp_path):
     fake_kaggle.fail_processing(1)
     response = api.dataset_create_version(_folder(tmp_path, "v2", {"b": b"2"}), version_notes="two", quiet=True)
     assert response.status == "ok" and not response.error
-    assert json.loads(api.dataset_status(REF, format="json")) == {"status": "failed", "current_version_number": 1}
+    assert _status(api, REF) == {"status": "failed", "version": 1}
     assert _listing(api, REF) == {"a": 1}
 
 

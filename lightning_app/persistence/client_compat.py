@@ -28,6 +28,8 @@ def dataset_state(api: Any, ref: str) -> dict[str, Any]:
         from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetRequest
     except ImportError:  # a client without kagglesdk: the newest version is listed without a number
         return {"status": status, "version": None}
+    if not hasattr(api, "build_kaggle_client"):  # kaggle 1.6's swagger client
+        return {"status": status, "version": None}
     owner, slug = ref.split("/")[:2]
     request = ApiGetDatasetRequest()
     request.owner_slug = owner

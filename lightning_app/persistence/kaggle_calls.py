@@ -153,7 +153,7 @@ def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
         from lightning_app.persistence.client_compat import dataset_state
 
         return dataset_state(api, ref)
-    return {"status": str(data.get("status", "")).lower(), "version": data.get("current_version_number")}
+    return {"status": str(data.get("status", "")).lower(), "version": data.get("current_version_number") or None}
 
 
 def list_all(api: Any, ref: str) -> list[list[Any]]:
