@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
 from callbacks.checkpoint_io import SnapshotCheckpointIO
+from callbacks.entry_fields import plain_metrics, training_config
 from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
@@ -250,7 +250,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             end_of_epoch=self._end_of_epoch,
             run_id=self.run_id,
             training=self.training,
-            metrics=_plain_metrics(trainer.callback_metrics),
+            metrics=plain_metrics(trainer.callback_metrics),
             settings=self.settings,
         )
         with self._lock:
@@ -313,29 +313,3 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._writer.wait()
-
-
-def training_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:
-    """The resolved settings a run trains with besides its architecture: the model's and the data's
-    hyperparameters, the seed and how the trainer steps; plain values only (a manifest is JSON)."""
-    config: dict[str, object] = {f"model.{k}": v for k, v in pl_module.hparams.items()}
-    datamodule = trainer.datamodule
-    if datamodule is not None:
-        config.update({f"data.{k}": v for k, v in datamodule.hparams.items()})
-    config.update(
-        {
-            "seed": os.environ.get("PL_GLOBAL_SEED"),
-            "trainer.accumulate_grad_batches": trainer.accumulate_grad_batches,
-            "trainer.precision": str(trainer.precision),
-            "trainer.world_size": trainer.world_size,
-        }
-    )
-    return {k: v if isinstance(v, (str, int, float, bool, type(None))) else repr(v) for k, v in sorted(config.items())}
-
-
-def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    plain = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, (int, float)):
-            plain[key] = round(float(value), 6)
-    return plain
