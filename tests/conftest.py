@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,17 @@ def uninterrupted(tmp_path_factory):
     result = run(fit_args(*RESUME_FLAGS), work, cli_env(work / "home"))
     assert result.returncode == 0, result.stderr[-3000:]
     return work
+
+
+@pytest.fixture
+def stage(tmp_path):
+    """``stage(name, {file: bytes})`` -> a fresh folder holding exactly those files."""
+
+    def make(name: str, files: dict[str, bytes]) -> Path:
+        folder = tmp_path / "stage" / name
+        folder.mkdir(parents=True)
+        for file_name, data in files.items():
+            (folder / file_name).write_bytes(data)
+        return folder
+
+    return make

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import pytest
 
@@ -36,20 +35,6 @@ def store(kaggle_env) -> KaggleDatasetStore:
     store = KaggleDatasetStore(REF, title="LM checkpoints", call_timeout=30.0)
     store.poll_interval = 0.05
     return store
-
-
-@pytest.fixture
-def stage(tmp_path):
-    """``stage(name, {file: bytes})`` -> a fresh folder holding exactly those files."""
-
-    def make(name: str, files: dict[str, bytes]) -> Path:
-        folder = tmp_path / "stage" / name
-        folder.mkdir(parents=True)
-        for file_name, data in files.items():
-            (folder / file_name).write_bytes(data)
-        return folder
-
-    return make
 
 
 def _retry(fn):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -23,18 +22,6 @@ def store(kaggle_env) -> KaggleDatasetStore:
     store = KaggleDatasetStore(REF, call_timeout=30.0)
     store.poll_interval = store.settle_pause = 0.01
     return store
-
-
-@pytest.fixture
-def stage(tmp_path):
-    def make(name: str, files: dict[str, bytes]) -> Path:
-        folder = tmp_path / "stage" / name
-        folder.mkdir(parents=True)
-        for file_name, data in files.items():
-            (folder / file_name).write_bytes(data)
-        return folder
-
-    return make
 
 
 def _job(stage, step: int, size: int = 1000) -> PublishJob:
