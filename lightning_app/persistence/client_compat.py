@@ -8,18 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-#: The oldest client tested (setup.cfg's lower bound; .ci/run runs the end-to-end tests with it).
-OLDEST_TESTED = "1.8.3"
-
-
-def client_version() -> str:
-    try:
-        import kaggle
-
-        return str(getattr(kaggle, "__version__", "unknown"))
-    except Exception:  # noqa: BLE001 - import-time authentication failures are reported elsewhere
-        return "unknown"
-
 
 def dataset_state(api: Any, ref: str) -> dict[str, Any]:
     """``{"status", "version"}`` of ``owner/slug`` on a client whose ``dataset_status`` takes no ``format``."""
