@@ -117,19 +117,34 @@ class KaggleDatasetSync(Callback):
             advice = "set KAGGLE_USERNAME/KAGGLE_KEY (Kaggle Secrets in a notebook) or ~/.kaggle/kaggle.json"
             log.warning(f"No Kaggle credentials found: checkpoints stay local ({advice})")
             return None
+        from lightning_app.persistence.kaggle_store import KaggleDatasetStore
+
         dataset = self.dataset
         if dataset is None:
-            if not credentials.username:
-                log.warning("Kaggle credentials carry no username: pass --sync.dataset OWNER/SLUG to sync")
+            username = credentials.username or self._username_at_login(credentials.source)
+            if not username:
                 return None
-            dataset = f"{credentials.username}/{experiment_name(settings, data_identity)}-checkpoints"
-        from lightning_app.persistence.kaggle_store import KaggleDatasetStore
+            dataset = f"{username}/{experiment_name(settings, data_identity)}-checkpoints"
 
         self._store = KaggleDatasetStore(
             dataset, title=self.title, call_timeout=self.call_timeout, delete_old_versions=self.delete_old_versions
         )
         log.info(f"Checkpoints will be published to {self._store.description} (credentials: {credentials.source})")
         return self._store
+
+    def _username_at_login(self, source: str) -> str | None:
+        """Ask the client whose an access token is (it tells only at login); None, with one warning, if it cannot."""
+        from lightning_app.persistence.kaggle_store import login_username
+        from lightning_app.persistence.retry import retry_call
+
+        try:  # a network blip at login must not turn syncing off for the session
+            username = retry_call(lambda: login_username(self.call_timeout), attempts=3, base_delay=2.0)
+        except StoreError as error:
+            log.warning(f"Could not learn whose credentials {source} are ({error}): pass --sync.dataset OWNER/SLUG")
+            return None
+        if not username:
+            log.warning(f"The credentials from {source} name no user: pass --sync.dataset OWNER/SLUG to sync")
+        return username
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -10,6 +10,14 @@ Order (kaggle 2.x; 1.6.x knows only 2 and 3):
 4. inside a Kaggle notebook only: Kaggle Secrets named ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``, exported into
    ``os.environ`` so that the client (in this process and in child processes) finds them.
 
+Inside a notebook the client prefers a token (the session's, or ``KAGGLE_API_TOKEN``) over the user's Secrets,
+and whether the session token may create datasets is not documented: `secrets_fallback` gives the environment
+in which the client uses the Secrets instead, for a store to try once when the preferred credential is refused.
+
+This process never imports the client (its import logs in, over the network for a token, and prints), so the
+order is read here from the same variables and files; what only a login can tell (the user a token belongs to)
+is asked of the client in a child process (``kaggle_versions.op_whoami``).
+
 Credentials are never command-line options. ``KaggleCredentials`` holds a username and a source, never a key.
 """
 
@@ -18,11 +26,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 _REDACTED = "***"
 _SECRET_NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY")
+_SECRETS_SOURCE = "Kaggle Secrets KAGGLE_USERNAME/KAGGLE_KEY"
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,47 @@ def find_credentials() -> KaggleCredentials | None:
     return _access_token() or _username_and_key() or _oauth_login() or _notebook_secrets()
 
 
-def redact_secrets(text: str) -> str:
-    """``text`` with every known Kaggle key or token replaced by ``***`` (for error messages and logs)."""
-    for secret in _known_secrets():
+@dataclass(frozen=True)
+class Fallback:
+    """Environment changes (``None``: remove the variable) under which the client uses ``credentials``."""
+
+    env: dict[str, str | None]
+    credentials: KaggleCredentials
+
+
+def secrets_fallback() -> Fallback | None:
+    """Inside a Kaggle notebook: the environment in which the client uses the user's Secrets instead of the token
+    it prefers now. None outside a notebook, without both Secrets, when the client already uses them, or when a
+    token file in ``~/.kaggle`` would still come first."""
+    secrets = notebook_secrets() if in_kaggle_notebook() else None
+    if secrets is None:
+        return None
+    env = {"KAGGLE_API_TOKEN": None, "KAGGLE_API_V1_TOKEN": None, **secrets}
+    changed = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
+    in_use = not _token_sources(os.environ) and all(os.environ.get(k) == v for k, v in secrets.items())
+    if in_use or _token_sources(changed):
+        return None  # the client uses the Secrets already, or a token file would still come first
+    return Fallback(env, KaggleCredentials(secrets["KAGGLE_USERNAME"], _SECRETS_SOURCE))
+
+
+def notebook_secrets() -> dict[str, str] | None:
+    """The Kaggle Secrets ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` of this notebook; None when either is missing
+    (or the module, outside Kaggle, or the Internet is off)."""
+    try:
+        from kaggle_secrets import UserSecretsClient  # only exists inside Kaggle notebooks
+
+        client = UserSecretsClient()
+        values = {name: client.get_secret(name) for name in _SECRET_NAMES}
+    except Exception:  # noqa: BLE001 - missing module, Internet off, secret not attached: all mean "not found"
+        return None
+    return values if all(isinstance(v, str) and v for v in values.values()) else None
+
+
+def redact_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
+    """``text`` with every known Kaggle key or token (and each of ``extra`` of 8+ characters) replaced by ``***``
+    (for error messages and logs)."""
+    secrets = {*_known_secrets(), *(s for s in extra if s and len(s) >= 8)}
+    for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, _REDACTED)
     return text
 
@@ -77,16 +125,16 @@ def _read_text(path: str | os.PathLike) -> str | None:
         return None
 
 
-def _token_sources() -> list[tuple[str, str]]:
-    """(token, source) pairs in the client's order; the first is the one it uses."""
+def _token_sources(env: Mapping[str, str] = os.environ) -> list[tuple[str, str]]:
+    """(token, source) pairs in the client's order under ``env``; the first is the one it uses."""
     found: list[tuple[str, str]] = []
     # kagglesdk only trusts KAGGLE_API_V1_TOKEN in a notebook that also has its data proxy.
-    if in_kaggle_notebook() and os.environ.get("KAGGLE_DATA_PROXY_URL"):
-        path = os.environ.get("KAGGLE_API_V1_TOKEN")
+    if env.get("KAGGLE_KERNEL_RUN_TYPE") and env.get("KAGGLE_DATA_PROXY_URL"):
+        path = env.get("KAGGLE_API_V1_TOKEN")
         token = _read_text(path) if path else None
         if token:
             found.append((token, "the notebook's KAGGLE_API_V1_TOKEN file"))
-    value = os.environ.get("KAGGLE_API_TOKEN")
+    value = env.get("KAGGLE_API_TOKEN")
     if value:
         if Path(value).exists():
             token = _read_text(value)
@@ -139,19 +187,11 @@ def _oauth_login() -> KaggleCredentials | None:
 
 
 def _notebook_secrets() -> KaggleCredentials | None:
-    if not in_kaggle_notebook():
-        return None
-    try:
-        from kaggle_secrets import UserSecretsClient  # only exists inside Kaggle notebooks
-
-        client = UserSecretsClient()
-        values = {name: client.get_secret(name) for name in _SECRET_NAMES}
-    except Exception:  # noqa: BLE001 - missing module, Internet off, secret not attached: all mean "not found"
-        return None
-    if not all(isinstance(v, str) and v for v in values.values()):
+    values = notebook_secrets() if in_kaggle_notebook() else None
+    if values is None:
         return None
     os.environ.update(values)
-    return KaggleCredentials(values["KAGGLE_USERNAME"], "Kaggle Secrets KAGGLE_USERNAME/KAGGLE_KEY")
+    return KaggleCredentials(values["KAGGLE_USERNAME"], _SECRETS_SOURCE)
 
 
 def _known_secrets() -> list[str]:

@@ -6,7 +6,7 @@ CreateDatasetVersion could even publish after a newer version). So the parent ru
     python -m lightning_app.persistence.kaggle_calls <op> <args.json> <result.json>
 
 and kills the process when its time is up. The result file holds ``{"ok": true, "result": ...}`` or
-``{"ok": false, "kind": "auth" | "transient" | "not_found" | "refused" | "error", "message": ...}``; the client's stdout
+``{"ok": false, "kind", "message", "status", "retry_after"}`` (``kaggle_errors.py``); the client's stdout
 chatter ("Dataset URL: ...") goes nowhere. ``kaggle`` is imported here only, lazily.
 
 Operations (``args`` keys in brackets):
@@ -17,7 +17,7 @@ Operations (``args`` keys in brackets):
   newest version already holds exactly ``files``, or what ``kaggle_versions.settle`` says of the new version
   (created, pending or failed).
 - ``settle`` [ref, before, files, polls, pause]: ask again about a pending version; ``check`` [ref]: log in and
-  look at the dataset, no upload (``kaggle_versions.py``).
+  look at the dataset, no upload; ``whoami`` []: the user the credentials log in as (``kaggle_versions.py``).
 - ``list`` [ref (owner/slug or owner/slug/N)]: ``{"files": [[name, size], ...]}``, all pages.
 - ``download`` [ref, path]: ``{"zip": path/<slug>.zip}``.
 """
@@ -31,73 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_app.persistence.credentials import redact_secrets
+from lightning_app.persistence.kaggle_errors import Failure, failure_outcome, http_status, login_failure
 
 #: kagglesdk methods whose built-in retry (on connection errors) could create a second version after a lost
 #: reply; the parent retries them itself, after checking what the server already has.
 _NOT_IDEMPOTENT = {"create_dataset", "create_dataset_version", "create_dataset_version_by_id"}
-_NO_CREDENTIALS = (
-    "no Kaggle credentials found: set KAGGLE_API_TOKEN, or KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json "
-    "in ~/.kaggle (in a Kaggle notebook: add Secrets named KAGGLE_USERNAME and KAGGLE_KEY)"
-)
 _MAX_PAGES = 1000
 #: Statuses after which a new version may be created ("failed"/"deleted" versions block nothing; kaggle 1.6
 #: says "error" for a failed one).
 SETTLED = ("ready", "failed", "deleted", "error")
-
-
-class Failure(Exception):
-    """A failure this module has already classified."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def classify(error: BaseException) -> tuple[str, str]:
-    """``(kind, message)`` for an exception raised by the client."""
-    if isinstance(error, Failure):
-        return error.kind, str(error)
-    status = http_status(error)
-    if status is not None:
-        if status == 401:
-            kind = "auth"
-        elif status == 404:
-            kind = "not_found"
-        elif status == 403:
-            kind = "refused"  # permission (another owner's dataset, an unverified account); op_publish re-checks
-        elif status in (408, 429) or status >= 500:
-            kind = "transient"
-        else:
-            kind = "error"
-        return kind, f"HTTP {status}: {error}"
-    if isinstance(error, (ConnectionError, TimeoutError, *_network_errors())):
-        return "transient", f"{type(error).__name__}: {error}"  # connection reset, refused, read timeout
-    if isinstance(error, ValueError) and "Upload unsuccessful" in str(error):
-        return "transient", str(error)  # a blob PUT failed; kaggle 2.x raises instead of dropping the file
-    return "error", f"{type(error).__name__}: {error}"
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    try:
-        import requests
-        import urllib3
-    except ImportError:  # pragma: no cover - both come with kaggle
-        return ()
-    return (
-        requests.ConnectionError,
-        requests.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-        urllib3.exceptions.HTTPError,
-    )
-
-
-def http_status(error: BaseException) -> int | None:
-    """The HTTP status behind ``requests.HTTPError`` (kaggle >= 1.7) or ``ApiException`` (kaggle 1.6)."""
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if status is None and type(error).__name__ == "ApiException":
-        status = getattr(error, "status", None)
-    return status if isinstance(status, int) else None
 
 
 def connect() -> Any:
@@ -107,14 +49,14 @@ def connect() -> Any:
     except ImportError as error:
         raise Failure("error", f"the kaggle package is not installed ({error})") from error
     except (OSError, SystemExit) as error:
-        raise _login_failure(error) from error
+        raise login_failure(error) from error
     try:
         # Again when the import did not log in, so that 2.x reports missing credentials (it calls exit(1)); not
         # after a token login: 1.8 then removes KAGGLE_API_TOKEN from os.environ and a second login finds nothing.
         if not (getattr(api, "config_values", None) or {}).get("username"):
             api.authenticate()
     except (OSError, SystemExit) as error:
-        raise _login_failure(error) from error
+        raise login_failure(error) from error
     with_retry = getattr(api, "with_retry", None)
     if with_retry is not None:
 
@@ -123,27 +65,6 @@ def connect() -> Any:
 
         api.with_retry = with_retry_except_creates
     return api
-
-
-def _login_failure(error: BaseException) -> Failure:
-    """A network error or 5xx at login (a token's IntrospectToken) is transient; anything else is a refusal.
-
-    Every ``requests`` exception is an ``OSError``, so "OSError at login" alone does not mean "no credentials".
-    """
-    kind, message = classify(error)
-    if kind == "transient":
-        return Failure("transient", f"login failed: {message}")
-    return Failure("auth", refused_message(message if isinstance(error, OSError) else "not accepted"))
-
-
-def refused_message(detail: str) -> str:
-    """Which credential source was refused (never the secret), or how to provide credentials when none exist."""
-    from lightning_app.persistence.credentials import find_credentials
-
-    credentials = find_credentials()
-    if credentials is None:
-        return _NO_CREDENTIALS
-    return f"Kaggle refused the credentials from {credentials.source} ({detail})"
 
 
 def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:
@@ -268,7 +189,7 @@ OPS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "download": op_download,
 }
 #: Operations of ``kaggle_versions`` (imported when used: it imports this module).
-VERSION_OPS = ("settle", "check")
+VERSION_OPS = ("settle", "check", "whoami")
 
 
 def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -288,25 +209,7 @@ def run(op: str, args: dict[str, Any]) -> dict[str, Any]:
     except BaseException as error:  # noqa: BLE001 - SystemExit from the client is a failure like any other
         if isinstance(error, KeyboardInterrupt):
             raise
-        kind, message = classify(error)
-        if kind == "auth" and not isinstance(error, Failure):
-            message = refused_message(message)  # e.g. a 401: name the credential source that was refused
-        secrets = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
-        for secret in (s for s in secrets if isinstance(s, str) and len(s) >= 8):
-            message = message.replace(secret, "***")
-        if kind == "refused" and http_status(error) == 403:
-            message += "; Kaggle refused permission (another owner's dataset?): choose one with --sync.dataset"
-        outcome = {"ok": False, "kind": kind, "message": redact_secrets(message)[:2000]}
-        return {**outcome, "retry_after": _retry_after(error)}
-
-
-def _retry_after(error: BaseException) -> float | None:
-    """The seconds of a ``Retry-After`` header on the failed response (an HTTP date counts as unknown)."""
-    headers = getattr(getattr(error, "response", None), "headers", None) or {}
-    try:
-        return float(headers["Retry-After"])
-    except (KeyError, TypeError, ValueError):
-        return None
+        return failure_outcome(error, api)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,16 @@
 The ``kaggle`` client has no timeouts and a thread stuck in it cannot be cancelled, so ``KaggleDatasetStore``
 runs every operation through `ChildCalls`. Children still running at interpreter exit are killed too, so no
 abandoned upload can become the newest version after the run ended.
+
+Inside a Kaggle notebook, when the credential the client prefers (a token) is refused, or refused permission to
+write, the user's Secrets are tried once (`credentials.secrets_fallback`); the log says which one publishes.
 """
 
 from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,13 +24,16 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from lightning_app.persistence.credentials import redact_secrets
+from lightning_app.persistence.credentials import find_credentials, redact_secrets, secrets_fallback
 from lightning_app.persistence.store_protocol import StoreError, TransientError
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 #: Every running child of every store, killed at interpreter exit (a daemon worker's child would outlive us).
 _LIVE: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
+#: Operations that write: a 403 on them may be the credential's own permission, which the Secrets may have.
+_WRITING = ("publish", "check")
+log = logging.getLogger("lightning_app.sync")
 
 
 class ChildCalls:
@@ -40,20 +47,61 @@ class ChildCalls:
         self.description = description
         self._children: set[subprocess.Popen] = set()
         self._cancelled_at = float("-inf")  # calls begun before this monotonic time start no more children
+        self._cancelled = threading.Condition(_LIVE_LOCK)
+        #: Environment changes for every child (``None`` removes a variable): set when falling back to Secrets.
+        self.env_changes: dict[str, str | None] = {}
+        self._fallback_tried = False
+        self._fallback_source = ""
 
     def cancel(self) -> None:
         """Kill the children running now (with their process groups); calls begun before now start no more."""
         with _LIVE_LOCK:
             self._cancelled_at = time.monotonic()
             children = list(self._children)
+            self._cancelled.notify_all()
         for process in children:
             _kill(process)
+
+    def wait(self, seconds: float, since: float) -> bool:
+        """Sleep ``seconds`` unless ``cancel()`` comes (or came) after ``since``; True when cancelled."""
+        with self._cancelled:
+            return self._cancelled.wait_for(lambda: self._cancelled_at >= since, timeout=seconds)
 
     def run(self, op: str, args: dict[str, Any], bound: float, since: float | None = None) -> dict[str, Any]:
         """The child's result file (``{"ok": ...}``); a timeout, a kill or a missing result raise.
 
-        ``since``: when the operation began; if ``cancel()`` came after that, no child is started.
+        ``since``: when the operation began; if ``cancel()`` came after that, no child is started. A refused
+        credential is retried once with the notebook's Secrets, when there are any.
         """
+        outcome = self._run_once(op, args, bound, since)
+        if not outcome["ok"] and self._fall_back(op, outcome):
+            outcome = self._run_once(op, args, bound, since)
+            source = self._fallback_source
+            if outcome["ok"]:
+                log.warning(f"{self.description}: {source} work: they publish from now on")
+            else:
+                self.env_changes = {}  # back to the preferred credential: it may still read
+                outcome["message"] += f" (with {source} too)"
+        return outcome
+
+    def _fall_back(self, op: str, outcome: dict[str, Any]) -> bool:
+        """Switch to the notebook's Secrets (once per store) after a refusal they might not get."""
+        refused = outcome["kind"] == "auth" or (outcome["kind"] == "refused" and outcome.get("status") == 403)
+        if self._fallback_tried or not refused or (outcome["kind"] == "refused" and op not in _WRITING):
+            return False
+        self._fallback_tried = True
+        fallback = secrets_fallback()
+        if fallback is None:
+            return False
+        preferred = find_credentials()
+        log.warning(
+            f"{self.description}: Kaggle refused {preferred.source if preferred else 'the credentials'} "
+            f"({outcome['message']}); trying {fallback.credentials.source} instead"
+        )
+        self.env_changes, self._fallback_source = fallback.env, fallback.credentials.source
+        return True
+
+    def _run_once(self, op: str, args: dict[str, Any], bound: float, since: float | None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="kaggle-call-") as tmp:
             args_path, result_path, log_path = (Path(tmp) / n for n in ("args.json", "result.json", "stderr.txt"))
             args_path.write_text(json.dumps(args))
@@ -66,7 +114,7 @@ class ChildCalls:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,  # "Dataset URL: ..." and other chatter
                     stderr=log,
-                    env=_child_env(),
+                    env=_child_env(self.env_changes),
                     start_new_session=True,  # its own process group: killing it kills anything it started
                 )
                 self._children.add(process)
@@ -80,15 +128,17 @@ class ChildCalls:
                 with _LIVE_LOCK:
                     self._children.discard(process)
             if not result_path.exists():
-                tail = redact_secrets(log_path.read_text(errors="replace")[-800:].strip())
+                tail = log_path.read_text(errors="replace")[-800:].strip()
+                tail = redact_secrets(tail, [self.env_changes.get("KAGGLE_KEY")])
                 error = TransientError if returncode < 0 else StoreError
                 raise error(f"{self.description}: {op} exited with code {returncode} and no result: {tail}")
             return json.loads(result_path.read_text())
 
 
-def _child_env() -> dict[str, str]:
-    """This process's environment (credentials, TMPDIR for the upload cache, proxies), able to import us."""
-    env = dict(os.environ)
+def _child_env(changes: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment (credentials, TMPDIR for the upload cache, proxies) with ``changes``, able to
+    import us."""
+    env = {name: value for name, value in {**os.environ, **changes}.items() if value is not None}
     paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([*paths, _PACKAGE_ROOT])
     return env

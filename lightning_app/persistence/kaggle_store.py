@@ -144,7 +144,8 @@ class KaggleDatasetStore:
                         f"{self.description}: the newest version is still processing ({result['status']}) "
                         f"after {self.ready_timeout:g} s"
                     )
-                time.sleep(pause)
+                if self._calls.wait(pause, since=start):
+                    raise TransientError(f"{self.description}: publish cancelled")
                 pause = min(pause * 1.5, self.poll_max_interval)
         finally:
             (folder / METADATA_NAME).unlink(missing_ok=True)
@@ -274,6 +275,18 @@ class KaggleDatasetStore:
         if outcome["kind"] == "transient":
             raise TransientError(message, outcome.get("retry_after"))
         raise _ERRORS.get(outcome["kind"], StoreError)(message)
+
+
+def login_username(call_timeout: float = 120.0) -> str | None:
+    """The user the credentials log in as (an access token names its user only at login, over the network).
+
+    Raises ``AuthError`` when the credentials are refused, ``TransientError`` when the service cannot be reached.
+    """
+    outcome = ChildCalls("kaggle").run("whoami", {}, call_timeout)
+    if not outcome["ok"]:
+        error = _ERRORS.get(outcome["kind"], StoreError)
+        raise error(redact_secrets(f"kaggle: logging in: {outcome['message']}"))
+    return outcome["result"]["username"]
 
 
 def _remote(listed: list[list[Any]]) -> tuple[RemoteFile, ...]:

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from lightning_app.persistence import kaggle_calls as calls
+from lightning_app.persistence.kaggle_errors import Failure, http_status
 
 FAILED = ("failed", "error")
 #: The most versions listed to add up a dataset's size (one request each, inside a bounded child).
@@ -24,7 +25,7 @@ _MAX_MEASURED = 20
 
 
 def _missing(error: BaseException) -> bool:
-    return calls.http_status(error) == 404 or (isinstance(error, calls.Failure) and error.kind == "not_found")
+    return http_status(error) == 404 or (isinstance(error, Failure) and error.kind == "not_found")
 
 
 def settle(api: Any, ref: str, before: int, files: dict[str, int], polls: int, pause: float) -> dict[str, Any]:
@@ -93,14 +94,19 @@ def op_check(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     owner = ref.split("/")[0]
     user = _username(api)
     if user and user.lower() != owner.lower():
-        raise calls.Failure("refused", f"{ref} belongs to {owner}, but the credentials are {user}'s")
+        raise Failure("refused", f"{ref} belongs to {owner}, but the credentials are {user}'s")
     try:
         state = calls._status(api, ref)
     except Exception as error:
-        if calls.http_status(error) == 404:
+        if http_status(error) == 404:
             return {"found": f"{ref} does not exist yet; it will be created"}
         raise
     return {"found": f"{ref} exists ({state['status']})"}
+
+
+def op_whoami(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """[]: the user the credentials log in as (an access token names its user only at login)."""
+    return {"username": _username(api)}
 
 
 def _username(api: Any) -> str | None:

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from tests.fake_kaggle.server import FakeKaggle
 
 
+#: RPCs that create something: refused to a read-only token.
+WRITE_RPCS = ("CreateDataset", "CreateDatasetVersion", "CreateDatasetVersionById")
+
+
 @dataclass
 class RequestRecord:
     """One request as the fake saw it. ``status`` is None for a dropped or hung request."""
@@ -95,6 +99,8 @@ class Handler(BaseHTTPRequestHandler):
             user = fake.user_for(self.headers.get("Authorization"))
             if user is None and rpc != "IntrospectToken":
                 return error(401, "Unauthenticated: missing or invalid credentials")
+            if rpc in WRITE_RPCS and not fake.may_write(self.headers.get("Authorization")):
+                return error(403, f"Permission 'datasets.create' was denied for {user}")
             try:
                 data = json.loads(body or b"{}")
             except ValueError:

@@ -53,6 +53,8 @@ class FakeKaggle:
         self.faults = FaultPlan()
         self.state = FakeState("http://127.0.0.1:0")
         self._refusing = False
+        #: Access tokens that log in but may not create datasets or versions (a notebook's session token may not).
+        self.read_only_tokens: set[str] = set()
         self._log_lock = threading.Lock()
         self._requests: list[RequestRecord] = []
         self._server: Server | None = None
@@ -221,6 +223,13 @@ class FakeKaggle:
             del self.state.datasets[ref]
             self.state.deleted_refs.add(ref)
 
+    def add_token(self, token: str, *, may_write: bool = True) -> None:
+        """Accept another access token for the same user; one that may not write gets 403 on every create."""
+        with self.state.lock:
+            self.state.usernames_by_token[token] = self.username
+            if not may_write:
+                self.read_only_tokens.add(token)
+
     def refuse_credentials(self, refuse: bool = True) -> None:
         """Answer 401 to every authenticated RPC, and "inactive" to IntrospectToken (until called with ``False``)."""
         self._refusing = refuse
@@ -262,6 +271,11 @@ class FakeKaggle:
         with self._log_lock:
             self._requests.append(record)
         return record
+
+    def may_write(self, header: str | None) -> bool:
+        """False for a read-only access token (``add_token(..., may_write=False)``)."""
+        scheme, _, value = (header or "").partition(" ")
+        return not (scheme.lower() == "bearer" and value.strip() in self.read_only_tokens)
 
     def user_for(self, header: str | None) -> str | None:
         """The user an ``Authorization`` header authenticates; None if missing, wrong or refused."""
