@@ -69,7 +69,7 @@ def secrets_fallback() -> Fallback | None:
     """Inside a Kaggle notebook: the environment in which the client uses the user's Secrets instead of the token
     it prefers now. None outside a notebook, without both Secrets, when the client already uses them, or when a
     token file in ``~/.kaggle`` would still come first."""
-    secrets = notebook_secrets() if in_kaggle_notebook() else None
+    secrets = notebook_secrets()
     if secrets is None:
         return None
     env = {"KAGGLE_API_TOKEN": None, "KAGGLE_API_V1_TOKEN": None, **secrets}
@@ -81,8 +81,10 @@ def secrets_fallback() -> Fallback | None:
 
 
 def notebook_secrets() -> dict[str, str] | None:
-    """The Kaggle Secrets ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` of this notebook; None when either is missing
-    (or the module, outside Kaggle, or the Internet is off)."""
+    """The Kaggle Secrets ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` of this notebook; None outside a Kaggle notebook
+    and when either is missing (or the module, or the Internet is off)."""
+    if not in_kaggle_notebook():
+        return None
     try:
         from kaggle_secrets import UserSecretsClient  # only exists inside Kaggle notebooks
 
@@ -187,7 +189,7 @@ def _oauth_login() -> KaggleCredentials | None:
 
 
 def _notebook_secrets() -> KaggleCredentials | None:
-    values = notebook_secrets() if in_kaggle_notebook() else None
+    values = notebook_secrets()
     if values is None:
         return None
     os.environ.update(values)

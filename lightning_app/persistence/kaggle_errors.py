@@ -107,10 +107,8 @@ def failure_outcome(error: BaseException, api: Any | None) -> dict[str, Any]:
     status = http_status(error)
     if kind == "auth" and not isinstance(error, Failure):
         message = refused_message(message)  # e.g. a 401: name the credential source that was refused
-    secrets = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
-    for secret in (s for s in secrets if isinstance(s, str) and len(s) >= 8):
-        message = message.replace(secret, "***")
     if kind == "refused" and status == 403:
         message += "; Kaggle refused permission (another owner's dataset?): choose one with --sync.dataset"
-    message = redact_secrets(message)[:2000]
+    in_use = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
+    message = redact_secrets(message, [s for s in in_use if isinstance(s, str)])[:2000]
     return {"ok": False, "kind": kind, "message": message, "status": status, "retry_after": _retry_after(error)}

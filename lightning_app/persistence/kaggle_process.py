@@ -86,8 +86,8 @@ class ChildCalls:
 
     def _fall_back(self, op: str, outcome: dict[str, Any]) -> bool:
         """Switch to the notebook's Secrets (once per store) after a refusal they might not get."""
-        refused = outcome["kind"] == "auth" or (outcome["kind"] == "refused" and outcome.get("status") == 403)
-        if self._fallback_tried or not refused or (outcome["kind"] == "refused" and op not in _WRITING):
+        denied = outcome["kind"] == "refused" and outcome.get("status") == 403 and op in _WRITING
+        if self._fallback_tried or not (outcome["kind"] == "auth" or denied):
             return False
         self._fallback_tried = True
         fallback = secrets_fallback()
