@@ -52,6 +52,7 @@ class FaultPlan:
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._release = threading.Event()
+        self._held = 0
 
     def add(self, fault: Fault) -> None:
         if fault.remaining < 0:
@@ -83,7 +84,17 @@ class FaultPlan:
         """Block a hung request until ``release()`` (or ``limit`` seconds, so nothing waits forever)."""
         with self._lock:
             event = self._release
-        event.wait(limit)
+            self._held += 1
+        try:
+            event.wait(limit)
+        finally:
+            with self._lock:
+                self._held -= 1
+
+    def holding(self) -> int:
+        """How many hung requests are being held right now (not yet released nor past their limit)."""
+        with self._lock:
+            return self._held
 
     def release(self) -> None:
         """Let every request hung so far go (to be dropped); later hangs hang again."""
