@@ -18,12 +18,12 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from typing_extensions import override
 
-from callbacks.checkpoint_io import SnapshotCheckpointIO
-from callbacks.entry_fields import plain_metrics, training_config
+from callbacks.entry_fields import new_entry, training_config
 from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
 from lightning_app.persistence.checkpoint_folder import CheckpointFolder
+from lightning_app.persistence.checkpoint_io import SnapshotCheckpointIO
 from lightning_app.persistence.manifest import CheckpointEntry, sha256_of, training_differences
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
@@ -46,10 +46,8 @@ class SavedCheckpoint:
 class KaggleModelCheckpoint(ModelCheckpoint):
     """Saves every epoch (and every N steps / every interval if asked), keeps the newest few, writes a manifest.
 
-    Saves do not block training beyond a copy of the state to host memory: serialising, hashing, the atomic
-    write and the manifest update run in one background thread (see `lightning_app.persistence.snapshot`).
-    Components that must act once a file exists (the Kaggle sync) register with `add_listener`; Lightning's
-    own hooks run before the file is written.
+    Saves block training only for a copy of the state to host memory; the rest runs in one background thread
+    (`lightning_app.persistence.snapshot`). What must act once a file exists (the sync) uses `add_listener`.
 
     Each run has an id, given when it starts fresh and kept in its checkpoints across resumes: retention, the
     manifest entries and publishing act on this run's checkpoints only, so another run's files in the same
@@ -90,7 +88,6 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             raise bad_value("--checkpoint.every_n_epochs", every_n_epochs, "an integer >= 1")
         if every_n_train_steps is not None and every_n_train_steps < 1:
             raise bad_value("--checkpoint.every_n_train_steps", every_n_train_steps, "an integer >= 1, or null")
-        interval = parse_duration("--checkpoint.train_time_interval", train_time_interval)
         # Lightning's own step/time triggers switch its epoch saves off; this class runs those triggers itself.
         super().__init__(
             dirpath=dirpath,
@@ -106,7 +103,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self.monitor = monitor  # after Lightning's init: this class saves on its own schedule whatever it is
         self.keep_last = keep_last
         self.every_n_steps = every_n_train_steps
-        self.time_interval: timedelta | None = interval
+        self.time_interval: timedelta | None = parse_duration("--checkpoint.train_time_interval", train_time_interval)
         self.settings: dict[str, object] = {}
         self._listeners: list[Callable[[SavedCheckpoint], None]] = []
         self._writer = SnapshotWriter(self._file_written, self._write_failed)
@@ -126,8 +123,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     @property
     @override
     def state_key(self) -> str:
-        # Fixed: Lightning's default key includes the arguments, and changing a flag between sessions would
-        # make the resumed run drop this callback's state with a warning.
+        # Fixed: Lightning's default includes the arguments; a flag changed between sessions would drop the state.
         return "KaggleModelCheckpoint"
 
     @override
@@ -146,11 +142,15 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         """Call ``listener`` (in the writer thread, global rank 0 only) each time a checkpoint file is complete."""
         self._listeners.append(listener)
 
-    def request_save(self) -> None:
-        """Save at the next step boundary, or at the end of the epoch on its last batch, whatever
-        ``every_n_epochs`` says (used by the deadline and signals). Every rank must call it for the same step.
-        """
-        self._save_requested = True
+    def save_at_step_boundary(self, trainer: pl.Trainer) -> bool:
+        """Save at this step boundary (every rank must call it at the same step): now mid-epoch (True), at the
+        epoch's end on its last batch (False), whatever ``every_n_epochs`` says, since a step save there would
+        restore an exhausted loader and the resumed run would skip the next epoch."""
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._save_requested = True
+            return False
+        self.save_now(trainer)
+        return True
 
     def wait_for_writes(self, timeout: float | None = None) -> bool:
         """Block until the pending write and its manifest update are done; False on timeout."""
@@ -204,15 +204,8 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if (batch_idx + 1) % trainer.accumulate_grad_batches and not last_batch:
             return  # mid-accumulation: the gradients so far are not in any checkpoint
-        due = self._save_requested
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
-            due = True
-        if due and last_batch:
-            # A step save here would restore an exhausted loader and the resumed run would skip the next epoch:
-            # the save happens at the epoch's end instead, whatever `every_n_epochs` says.
-            self._save_requested = True
-        elif due:
-            self.save_now(trainer)
+        if self._save_requested or (self.every_n_steps and trainer.global_step % self.every_n_steps == 0):
+            self.save_at_step_boundary(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -234,23 +227,18 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self.save_now(trainer, end_of_epoch=True)  # the epoch save; `monitor` only decides which one is kept
 
     def _is_better(self, value: float) -> bool:
-        best = self.best_model_score
-        if best is None or not self.best_model_path:
+        if self.best_model_score is None or not self.best_model_path:
             return True
-        return value < float(best) if self.mode == "min" else value > float(best)
+        return value < float(self.best_model_score) if self.mode == "min" else value > float(self.best_model_score)
 
     @override
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        name = Path(filepath).name
-        entry = CheckpointEntry(
-            file=name,
-            epoch=trainer.current_epoch,
-            global_step=trainer.global_step,
-            timestamp=CheckpointFolder.timestamp_of(name),
+        entry = new_entry(
+            trainer,
+            Path(filepath).name,
             end_of_epoch=self._end_of_epoch,
             run_id=self.run_id,
             training=self.training,
-            metrics=plain_metrics(trainer.callback_metrics),
             settings=self.settings,
         )
         with self._lock:
@@ -308,8 +296,4 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        self._writer.wait()
-
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._writer.wait()

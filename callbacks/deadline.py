@@ -87,11 +87,8 @@ class SessionDeadline(Callback):
     def needed_seconds(self) -> float:
         """What stopping cleanly costs now: a checkpoint, its upload, and a couple of steps to get there (plus,
         under DDP, the seconds until the ranks next agree)."""
-        publish = 0.0
-        if self._sync is not None and self._sync.publisher is not None and self._sync.publisher.last_published:
-            publish = self._sync.publisher.last_published.version.seconds
-        elif self._sync is not None and self._sync.publisher is not None:
-            publish = 5.0 + self._state_bytes / ASSUMED_UPLOAD_RATE  # nothing measured yet
+        assumed = 5.0 + self._state_bytes / ASSUMED_UPLOAD_RATE  # until an upload is measured
+        publish = self._sync.publish_seconds(assumed) if self._sync is not None else 0.0
         steps = 2 * self._consensus.step_seconds + self._consensus.lateness_seconds
         return self.safety * (self._save_seconds + publish) + steps + self.reserve
 
@@ -156,20 +153,14 @@ class SessionDeadline(Callback):
     def _stop(self, trainer: pl.Trainer, reason: str) -> None:
         self.stopped_because = reason
         trainer.should_stop = True
-        last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-        if self._checkpoint is not None:
-            # On the last batch the save happens at the epoch's end, whatever `every_n_epochs` says.
-            if last_batch:
-                self._checkpoint.request_save()
-            else:
-                self._checkpoint.save_now(trainer)
+        saved_now = self._checkpoint.save_at_step_boundary(trainer) if self._checkpoint is not None else False
         if not trainer.is_global_zero:
             return
         wait = self.signal_timeout if reason == "signal" else max(1.0, (self.remaining_seconds() or 0) - 1.0)
         why = "on a signal" if reason == "signal" else "to stay within the session budget"
         if self._sync is not None:
-            self._sync.flush_timeout = min(self._sync.flush_timeout, wait)  # bounds the flush at fit's end too
-        if last_batch:
+            self._sync.limit_flush(wait)
+        if not saved_now and self._checkpoint is not None:  # the last batch: saved and flushed at the epoch's end
             log.warning(f"Stopping after this epoch {why}. {_RESUME_HINT}")
             return
         published = self._sync.flush(wait) if self._sync is not None else False
@@ -177,7 +168,7 @@ class SessionDeadline(Callback):
             self._checkpoint.wait_for_writes(wait)
         if self._checkpoint is not None and self._checkpoint.last_saved is not None:
             saved = self._checkpoint.last_saved.entry.file
-            state = "published" if published and self._sync.publisher is not None else "saved locally"
+            state = "published" if published and self._sync.publishing else "saved locally"
             log.warning(f"Stopped at step {trainer.global_step} {why}: {saved} {state}. {_RESUME_HINT}")
 
     @override

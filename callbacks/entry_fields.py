@@ -1,4 +1,4 @@
-"""What a manifest entry records about the run besides the file: its training settings and its metrics."""
+"""What a manifest entry records about a checkpoint: where training stood, its settings and its metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,22 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+
+from lightning_app.persistence.checkpoint_folder import CheckpointFolder
+from lightning_app.persistence.manifest import CheckpointEntry
+
+
+def new_entry(trainer: pl.Trainer, name: str, **fields: Any) -> CheckpointEntry:
+    """The entry of checkpoint ``name`` about to be saved, with ``fields`` (``run_id``, ``end_of_epoch``...);
+    its size and hash are added once the file is written."""
+    return CheckpointEntry(
+        file=name,
+        epoch=trainer.current_epoch,
+        global_step=trainer.global_step,
+        timestamp=CheckpointFolder.timestamp_of(name),
+        metrics=plain_metrics(trainer.callback_metrics),
+        **fields,
+    )
 
 
 def training_config(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, object]:

@@ -238,6 +238,23 @@ class KaggleDatasetSync(Callback):
         """A few words for the progress bar: the last published version, what is pending, or NOT SAFE."""
         return self.state.bar_text
 
+    @property
+    def publishing(self) -> bool:
+        """Whether this process publishes checkpoints (global rank 0, with a store, during ``fit``)."""
+        return self.publisher is not None
+
+    def publish_seconds(self, assumed: float) -> float:
+        """How long publishing one checkpoint takes: the last version's measured time, ``assumed`` before the
+        first, 0 when nothing is published."""
+        if self.publisher is None:
+            return 0.0
+        published = self.publisher.last_published
+        return published.version.seconds if published is not None else assumed
+
+    def limit_flush(self, seconds: float) -> None:
+        """Wait at most ``seconds`` in the flush at the end of ``fit`` (the deadline's share of what is left)."""
+        self.flush_timeout = min(self.flush_timeout, seconds)
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for pending checkpoint writes, then for the newest checkpoint to be published."""
         if self.publisher is None:

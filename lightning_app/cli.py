@@ -23,6 +23,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
+from callbacks.progress_bar import use_sync_progress_bar
 from lightning_app.errors import ConfigError
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
 from lightning_app.module import LanguageModel
@@ -30,7 +31,6 @@ from lightning_app.persistence import restore
 from lightning_app.persistence.manifest import Manifest
 from lightning_app.persistence.resume import resolve_resume
 from lightning_app.precision import resolve_precision
-from lightning_app.progress import use_sync_progress_bar
 
 log = logging.getLogger("lightning_app")
 

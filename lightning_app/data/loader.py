@@ -5,7 +5,7 @@ processes (which also records the worker count), and asserts on a mismatch: a se
 ``num_workers`` would crash in ``load_state_dict``. All that matters for our map-style datasets is the
 sampler's place, which both layouts hold, so on a mismatch :class:`ResumableDataLoader` restores the
 :class:`ResumableSampler` alone and lets the loader start a fresh iterator from there. On a match it defers to
-torchdata unchanged. The layouts read here are torchdata 0.11's (``tests/test_sampler.py`` checks them); an
+torchdata unchanged. The layouts read here are torchdata 0.11's (``tests/data/test_sampler.py`` checks them); an
 unknown layout is handed to torchdata as it is.
 """
 

@@ -33,9 +33,6 @@ from typing import Any
 
 from lightning_app.persistence.kaggle_errors import Failure, failure_outcome, http_status, login_failure
 
-#: kagglesdk methods whose built-in retry (on connection errors) could create a second version after a lost
-#: reply; the parent retries them itself, after checking what the server already has.
-_NOT_IDEMPOTENT = {"create_dataset", "create_dataset_version", "create_dataset_version_by_id"}
 _MAX_PAGES = 1000
 #: Statuses after which a new version may be created ("failed"/"deleted" versions block nothing; kaggle 1.6
 #: says "error" for a failed one).
@@ -43,7 +40,7 @@ SETTLED = ("ready", "failed", "deleted", "error")
 
 
 def connect() -> Any:
-    """The authenticated ``KaggleApi``, with the client's own retry of create calls turned off."""
+    """The authenticated ``KaggleApi``, with the client's own retry loop turned off."""
     try:
         from kaggle import api  # authenticates at import: 1.6 raises OSError, 2.x prints help and carries on
     except ImportError as error:
@@ -57,14 +54,16 @@ def connect() -> Any:
             api.authenticate()
     except (OSError, SystemExit) as error:
         raise login_failure(error) from error
-    with_retry = getattr(api, "with_retry", None)
-    if with_retry is not None:
-
-        def with_retry_except_creates(func: Callable, *args: Any, **kwargs: Any) -> Callable:
-            return func if getattr(func, "__name__", "") in _NOT_IDEMPOTENT else with_retry(func, *args, **kwargs)
-
-        api.with_retry = with_retry_except_creates
+    if hasattr(api, "with_retry"):
+        # One retry policy (retry.py, in the parent): the client's own loop would retry inside a bounded call, and
+        # a create retried after a lost reply makes a second version; the parent checks what the server has first.
+        api.with_retry = _one_attempt
     return api
+
+
+def _one_attempt(func: Callable, *args: Any, **kwargs: Any) -> Callable:
+    """``KaggleApi.with_retry`` that adds no retry: the call itself."""
+    return func
 
 
 def _status(api: Any, ref: str, fields: str = "json") -> dict[str, Any]:

@@ -41,6 +41,7 @@ from lightning_app.persistence.archive import safe_extract
 from lightning_app.persistence.credentials import redact_secrets
 from lightning_app.persistence.kaggle_names import METADATA_NAME, check_dataset, local_files
 from lightning_app.persistence.kaggle_process import ChildCalls
+from lightning_app.persistence.retry import next_poll
 from lightning_app.persistence.store_protocol import (
     AuthError,
     NotFoundError,
@@ -146,7 +147,7 @@ class KaggleDatasetStore:
                     )
                 if self._calls.wait(pause, since=start):
                     raise TransientError(f"{self.description}: publish cancelled")
-                pause = min(pause * 1.5, self.poll_max_interval)
+                pause = next_poll(pause, self.poll_max_interval)
         finally:
             (folder / METADATA_NAME).unlink(missing_ok=True)
         self._created_here = self._created_here or result.get("new_dataset", False)

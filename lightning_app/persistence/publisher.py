@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lightning_app.persistence.manifest import CheckpointEntry
-from lightning_app.persistence.retry import retry_call
+from lightning_app.persistence.retry import next_poll, retry_call
 from lightning_app.persistence.staging import discard
 from lightning_app.persistence.store_protocol import (
     AuthError,
@@ -176,9 +176,9 @@ class BackgroundPublisher:
             return self._confirm_interval
         except StoreError as error:
             log.debug(f"Asking about {processing.entry.file} failed ({error}); asking again later")
-            return min(pause * 2, self._max_delay)
+            return next_poll(pause, self._max_delay)
         if version is None:
-            return min(pause * 1.5, self._max_delay)
+            return next_poll(pause, self._max_delay)
         log.info(f"Kaggle finished processing {processing.entry.file}: it is published as version {version.number}")
         upload = processing.version  # what the deadline's estimate needs is the upload, not this last question
         self._record(

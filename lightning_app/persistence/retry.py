@@ -1,7 +1,15 @@
-"""The one retry policy for store calls: only ``TransientError`` is retried, with capped exponential backoff.
+"""The one retry policy: which failures are tried again, and when. Every wait of the sync is decided here.
 
-Each store method makes one bounded attempt; this module decides whether to try again. Waits go through
-``stop.wait`` so that a shutting-down trainer is never held up by a backoff sleep.
+- A failed call (``TransientError`` only) is retried by `retry_call`, with capped exponential backoff and full
+  jitter (`Backoff`), never sooner than the server's ``Retry-After``. ``AuthError``, ``RefusedError``,
+  ``NotFoundError`` and every other error propagate at once: trying again cannot help.
+- Waiting for the service (the previous version still processing, a new one not confirmed yet) is not a failure:
+  its pauses grow by `POLL_GROWTH` up to a cap (`next_poll`), within a stated total bound.
+- The ``kaggle`` client's own retry loop is switched off (`kaggle_calls.connect`): each call in a child process
+  is one bounded attempt, and only this module decides whether there is another.
+
+Every wait goes through an ``Event.wait`` that ``close()`` sets, so a shutting-down trainer is never held up by
+a pause. The bounds, end to end, are in ``docs/ARCHITECTURE.md`` ("Retries and their bounds").
 
 Example::
 
@@ -23,6 +31,13 @@ from lightning_app.persistence.store_protocol import TransientError
 T = TypeVar("T")
 #: The longest ``Retry-After`` honoured (seconds).
 _MAX_RETRY_AFTER = 3600.0
+#: While waiting for the service, each pause is this much longer than the one before (up to a cap).
+POLL_GROWTH = 1.5
+
+
+def next_poll(pause: float, longest: float) -> float:
+    """The pause after ``pause`` while waiting for the service to finish something: longer, at most ``longest``."""
+    return min(pause * POLL_GROWTH, longest)
 
 
 class Backoff:

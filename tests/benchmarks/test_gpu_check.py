@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import gpu_check
-from tests.test_benchmarks_smoke import _report
+from tests.benchmarks.test_benchmarks_smoke import _report
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ import torch.nn.functional as F
 
 from lightning_app.errors import ConfigError
 from lightning_app.model import MODEL_SIZES, PE_TYPES, PositionalEncoding, TransformerConfig, TransformerLM
+from tests.cli_helpers import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
 
 
@@ -207,6 +206,6 @@ def test_model_package_does_not_import_lightning():
         "assert not any(m.startswith(('lightning.', 'pytorch_lightning')) or m in ('lightning', 'pytorch_lightning') "
         "for m in sys.modules), sorted(m for m in sys.modules if 'lightning' in m)"
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -8,15 +8,14 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
-from callbacks.kaggle_sync import KaggleDatasetSync
-from lightning_app.progress import (
+from callbacks.progress_bar import (
     KAGGLE_REFRESH_RATE,
     SyncProgressBar,
     format_remaining,
     session_items,
     use_sync_progress_bar,
 )
-from tests.test_logging_setup import TinyRegression
+from tests.support.tiny_regression import TinyRegression
 
 
 class FakeSync(Callback):
@@ -92,10 +91,6 @@ def test_nothing_is_shown_without_providers():
         callbacks = [FakeSync(""), FakeDeadline(None), Broken(), Callback()]
 
     assert session_items(Trainer()) == {}
-
-
-def test_the_real_sync_callback_answers_status():
-    assert KaggleDatasetSync().status() == ""  # nothing to say before it publishes
 
 
 def test_only_lightnings_default_bars_are_replaced(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
 from typing_extensions import override
 
-log = logging.getLogger("lightning_app.progress")
+log = logging.getLogger("lightning_app.progress_bar")
 
 #: Refresh every N batches inside a Kaggle notebook: every update of a ``!python`` cell is kept in its output.
 KAGGLE_REFRESH_RATE = 20

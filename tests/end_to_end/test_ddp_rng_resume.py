@@ -11,7 +11,7 @@ import yaml
 
 from lightning_app.persistence.manifest import Manifest
 from tests.cli_helpers import assert_same_training_state, load, newest_checkpoint
-from tests.test_session_end import _ddp_run
+from tests.end_to_end.test_session_end import _ddp_run
 
 pytestmark = pytest.mark.slow
 
