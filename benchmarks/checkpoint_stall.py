@@ -6,11 +6,11 @@ checkpoint of about 1 GB) with a real ``Trainer``:
 - **host copy**: the bare cost. The model's ``state_dict`` and the optimizer state are copied into host buffers
   allocated once (pinned on GPU); nothing is written.
 - **project**: ``KaggleModelCheckpoint``. The loop waits for the copy into reused host buffers; a background
-  thread serialises, hashes, writes and updates the manifest. Saves are requested (``request_save``) once the
+  thread serialises, hashes, writes and updates the manifest. A save (``save_at_step_boundary``) is made once the
   previous write is done, as with saves every epoch or every 30 minutes; training goes on meanwhile.
 - **stock**: Lightning's ``ModelCheckpoint(every_n_train_steps=...)``: ``torch.save`` inline.
 
-Blocked time is the wall time the training thread spends in the checkpoint callback's ``on_train_batch_end`` at a
+Blocked time is the wall time the training thread spends in the hook that saves (``on_train_batch_end``) at a
 saving step, where both callbacks save (after ``torch.cuda.synchronize`` on GPU). Each run's first save is left
 out of the median and shown on its own (it allocates the buffers). The arms alternate ``--repeats`` times.
 
@@ -139,19 +139,25 @@ def _unique_tensors(module: torch.nn.Module, optimizers: Sequence[torch.optim.Op
 
 
 class SaveWhenIdle(Callback):
-    """Asks ``checkpoint`` for a save once ``gap`` steps passed and its previous background write is done."""
+    """Saves through ``checkpoint`` once ``gap`` steps passed and its previous background write is done."""
 
     def __init__(self, checkpoint: KaggleModelCheckpoint, gap: int) -> None:
         self.checkpoint, self.gap, self.last = checkpoint, gap, 0
-        self.asked = False
+        self._decided: tuple[int, bool] = (-1, False)
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Does this step save? Decided once per step (the background write may end in between)."""
+        step, due = self._decided
+        if step != trainer.global_step:
+            idle = self.checkpoint.wait_for_writes(timeout=0)
+            due = idle and trainer.global_step - self.last >= self.gap
+            self._decided = (trainer.global_step, due)
+        return due
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        # Runs before the checkpoint's own hook (Lightning puts checkpoint callbacks last).
-        idle = self.checkpoint.wait_for_writes(timeout=0)
-        self.asked = idle and trainer.global_step - self.last >= self.gap
-        if self.asked:
-            self.checkpoint.request_save()
+        if self.due(trainer):
+            self.checkpoint.save_at_step_boundary(trainer)
             self.last = trainer.global_step
 
 
@@ -175,7 +181,7 @@ def run_arm(arm: str, size: str, device: str, saves: int, gap: int, workdir: Pat
         trigger = SaveWhenIdle(target, gap)
         target.add_listener(record.written)
         callbacks = [target, trigger]
-        StallTimer(target, lambda trainer: trigger.asked, saves, device, record)
+        StallTimer(trigger, trigger.due, saves, device, record)  # the save happens inside the trigger's hook
     model = LanguageModel(pe_type="sinusoidal", model_size=size, vocab_size=256, dropout=0.0)
     batch = 2
     data = SyntheticDataModule(vocab_size=256, seq_len=16, batch_size=batch, num_train_sequences=batch * 10_000)
