@@ -48,6 +48,7 @@ def test_checkpoint_stall_quick(capsys):
     (records,) = returned
     for arm, saves in records.items():
         assert saves.blocked and all(seconds > 0 for seconds in saves.blocked), arm
+        assert saves.after_save and saves.steps and all(seconds > 0 for seconds in saves.after_save + saves.steps)
     assert records["project"].background and all(seconds > 0 for seconds in records["project"].background)
 
 
