@@ -143,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{fit_precision}, {saves - 1} saves after the first",
             f"{blocked['project'] / blocked['host copy']:.2f}x host copy",
             f"blocked s / save: project {blocked['project']:.3f}, pinned host copy {blocked['host copy']:.3f}; "
+            f"lost s / save (overlap included): project {records['project'].lost:.3f}, "
+            f"host copy {records['host copy'].lost:.3f}; "
             f"extra GPU memory: project {gpu_mib['project']}, host copy {gpu_mib['host copy']}",
         ])  # fmt: skip
         if gpu:
