@@ -9,9 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
+
+from tests.support.fork_server import ForkServer
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -43,22 +46,73 @@ def fit_args(*extra: str, config: Path = SMOKE) -> list[str]:
     return [sys.executable, "-m", "lightning_app", "fit", "--config", str(config), *extra]
 
 
-def run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+#: Set by ``tests/conftest.py``: CLI runs fork from a warm interpreter (`tests.support.fork_server`).
+FORK_SERVER_ENABLED = False
+_fork_server: ForkServer | None = None
+
+
+def fork_server() -> ForkServer | None:
+    """The session's fork server, started at first use; None outside the test suite (``benchmarks.gpu_check``)."""
+    global _fork_server
+    if FORK_SERVER_ENABLED and _fork_server is None:
+        _fork_server = ForkServer.start(REPO)
+    return _fork_server
+
+
+def stop_fork_server() -> None:
+    global _fork_server
+    if _fork_server is not None:
+        _fork_server.stop()
+        _fork_server = None
+
+
+def _cli_argv(args: list[str]) -> list[str] | None:
+    """``python -m lightning_app ARGS`` -> ARGS, for a forked run; None for any other command."""
+    prefix = [sys.executable, "-m", "lightning_app"]
+    return args[len(prefix) :] if args[: len(prefix)] == prefix and fork_server() is not None else None
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300, fresh: bool = False
+) -> subprocess.CompletedProcess:
+    """Run a command to its end with its output captured; the CLI forks from the warm interpreter unless
+    ``fresh`` (a test of start-up itself)."""
+    argv = None if fresh else _cli_argv(args)
+    if argv is None:
+        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="cli-run-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        process = fork_server().spawn(argv, cwd, env, out, err)
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        return subprocess.CompletedProcess(args, returncode, _read(out), _read(err))
 
 
 def run_in_group(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """`run` in a process group of its own, killed whole afterwards: a SIGKILLed DDP rank 0 leaves its peers
     behind (the group outlives its leader: pgid == leader's pid). stdout and stderr together in ``stdout``."""
-    process = subprocess.Popen(
-        args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    return subprocess.CompletedProcess(process.args, process.returncode, output, "")
+    argv = _cli_argv(args)
+    with tempfile.TemporaryDirectory(prefix="cli-run-") as folder:
+        output = Path(folder) / "output"
+        if argv is None:
+            with open(output, "w") as file:
+                process = subprocess.Popen(args, cwd=cwd, env=env, stdout=file, stderr=file, start_new_session=True)
+        else:
+            process = fork_server().spawn(argv, cwd, env, output, output, new_session=True)
+        try:
+            returncode = process.wait(timeout)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+        return subprocess.CompletedProcess(args, returncode, _read(output), "")
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def newest_checkpoint(folder: Path) -> Path:

@@ -10,6 +10,20 @@ import pytest
 
 from tests.fake_kaggle import UNSET_VARS, FakeKaggle
 
+# -- the CLI runs of the tests fork from one warm interpreter -------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_cli_runs() -> Iterator[None]:
+    """`tests.cli_helpers.run` forks ``python -m lightning_app`` runs from a server started at first use."""
+    from tests import cli_helpers
+
+    cli_helpers.FORK_SERVER_ENABLED = True
+    yield
+    cli_helpers.FORK_SERVER_ENABLED = False
+    cli_helpers.stop_fork_server()
+
+
 # -- fake Kaggle server ----------------------------------------------------------------------------------------
 
 

@@ -114,7 +114,8 @@ def test_empty_text_file_is_refused(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_smoke_fit_learns_toward_the_synthetic_floor(tmp_path):
-    result = run(fit_args("--trainer.enable_progress_bar", "false"), tmp_path, cli_env(tmp_path / "home"))
+    # A fresh interpreter, as a user's cell starts it (the other CLI tests fork from a warm one).
+    result = run(fit_args("--trainer.enable_progress_bar", "false"), tmp_path, cli_env(tmp_path / "home"), fresh=True)
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(SMOKE.read_text())["data"]["init_args"]
     floor, uniform = math.log(config["branching"]), math.log(config["vocab_size"])

@@ -1,0 +1,194 @@
+"""A warm interpreter for the tests' CLI runs: ``python -m lightning_app ...`` without 5-7 s of imports each time.
+
+Importing torch and Lightning takes most of a tiny CLI run on a 2-core machine, and the suite starts the CLI about
+a hundred times. This server imports ``lightning_app.cli`` once, then forks for each run: the child is a process
+of its own (its own pid and process group, SIGKILL kills it alone, its exit status is what the test sees) that sets
+the run's working directory, environment and output files and runs ``lightning_app`` as ``python -m`` would
+(``runpy``, ``__main__``, ``sys.argv``), then exits through the interpreter's normal shutdown. What the real
+start-up does differently is only that: the imports are done already. Child processes the CLI starts (DDP ranks,
+Kaggle calls) are fresh interpreters, as in production; tests of start-up itself run the CLI fresh.
+
+Each run is forked by a waiter process, forked from the server: the waiter reports the child's pid, waits for it
+and reports its exit status (negative: killed by that signal) on the run's Unix socket, as ``Popen`` would.
+
+Usage (``tests/conftest.py`` starts one per session; ``tests/cli_helpers.run`` uses it)::
+
+    with ForkServer.start() as server:
+        process = server.spawn(["fit", "--config", "configs/smoke.yaml"], cwd, env, stdout_path, stderr_path)
+        returncode = process.wait(timeout=300)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+READY = "ready"
+
+
+class ForkedProcess:
+    """One CLI run forked by the server: ``pid``, ``wait``, ``send_signal``, ``kill``, like a ``Popen``."""
+
+    def __init__(self, connection: socket.socket, args: list[str]) -> None:
+        self.args = args
+        self._connection = connection
+        self._reader = connection.makefile("r")
+        self.pid = int(self._reader.readline())
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            self._connection.settimeout(timeout)
+            try:
+                line = self._reader.readline()
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self.returncode = int(line)
+            self._reader.close()
+            self._connection.close()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.wait(timeout=0.001)
+        return None
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """The server process, seen from the tests."""
+
+    def __init__(self, process: subprocess.Popen, path: Path) -> None:
+        self._process, self.path = process, path
+
+    @classmethod
+    def start(cls, repo: Path) -> ForkServer:
+        folder = Path(tempfile.mkdtemp(prefix="fork-server-"))
+        path = folder / "socket"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fork_server", str(path)],
+            cwd=repo,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if process.stdout.readline().strip() != READY:
+            process.kill()
+            raise RuntimeError("the fork server did not start")
+        return cls(process, path)
+
+    def spawn(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        stdout: Path,
+        stderr: Path,
+        new_session: bool = False,
+    ) -> ForkedProcess:
+        """Run ``python -m lightning_app *argv`` in a forked child; its output goes to ``stdout``/``stderr``."""
+        request = {"argv": argv, "cwd": str(cwd), "env": env, "stdout": str(stdout), "stderr": str(stderr)}
+        request["new_session"] = new_session
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.connect(str(self.path))
+        connection.sendall((json.dumps(request) + "\n").encode())
+        return ForkedProcess(connection, [sys.executable, "-m", "lightning_app", *argv])
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._process.stdin.close()  # the server exits when its stdin closes
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+
+    def __enter__(self) -> ForkServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# -- the server process ------------------------------------------------------------------------------------------
+
+
+def _serve(path: str) -> dict:
+    """Accept runs until stdin closes; returns (in a forked child only) the request that child is to run."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    print(READY, flush=True)
+    while True:
+        readable, _, _ = select.select([listener, sys.stdin], [], [])
+        if sys.stdin in readable and not sys.stdin.readline():
+            os._exit(0)  # the tests are done (or gone)
+        if listener not in readable:
+            continue
+        connection, _ = listener.accept()
+        request = json.loads(connection.makefile("r").readline())
+        if os.fork() == 0:  # the waiter
+            listener.close()
+            pid = os.fork()
+            if pid == 0:
+                connection.close()
+                return request
+            with contextlib.suppress(OSError):  # the test may have given up on this run
+                connection.sendall(f"{pid}\n".encode())
+            _, status = os.waitpid(pid, 0)
+            with contextlib.suppress(OSError):
+                connection.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+            os._exit(0)
+        connection.close()
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:  # reap finished waiters
+                pass
+
+
+def _become(request: dict) -> None:
+    """In the forked child: take the run's session, directory, environment and output, as a fresh process has."""
+    import runpy
+    import tempfile
+    import time
+
+    import lightning_app
+
+    if request["new_session"]:
+        os.setsid()
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    tempfile.tempdir = None  # read TMPDIR again
+    entries = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [request["cwd"], *entries, *(p for p in sys.path[1:] if p not in entries)]
+    with open(os.devnull) as stdin:
+        os.dup2(stdin.fileno(), 0)
+    with open(request["stdout"], "a") as out:
+        os.dup2(out.fileno(), 1)
+    with open(request["stderr"], "a") as err:
+        os.dup2(err.fileno(), 2)
+    lightning_app.PROCESS_START = time.monotonic()  # the budget counts from this process's start
+    sys.argv = ["-m", *request["argv"]]
+    runpy.run_module("lightning_app", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    import lightning_app.cli  # noqa: F401 - the imports every run shares: torch, Lightning, jsonargparse
+
+    _become(_serve(sys.argv[1]))
