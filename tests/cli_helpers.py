@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tests.support.fork_server import ForkServer
+from tests.support.fork_server import ForkedProcess, ForkServer
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.yaml"
@@ -90,6 +90,15 @@ def run(
             process.wait()
             raise
         return subprocess.CompletedProcess(args, returncode, _read(out), _read(err))
+
+
+def start(args: list[str], cwd: Path, env: dict[str, str], output: Path) -> subprocess.Popen | ForkedProcess:
+    """Start a command with stdout and stderr appended to ``output``; for a test that signals it while it runs."""
+    argv = _cli_argv(args)
+    if argv is not None:
+        return fork_server().spawn(argv, cwd, env, output, output)
+    with open(output, "a") as file:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=file, stderr=file)
 
 
 def run_in_group(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 from callbacks.checkpoint import TIME_SAVE_DUE, KaggleModelCheckpoint
 from callbacks.deadline import DEADLINE_DUE, SIGNAL_RECEIVED, SessionDeadline
 from callbacks.step_consensus import StepConsensus, every_for
-from tests.cli_helpers import RESUME_FLAGS, cli_env, fit_args
+from tests.cli_helpers import RESUME_FLAGS, cli_env, fit_args, start
 
 
 def _trainer(world_size: int, epoch: int = 0, callbacks=()) -> SimpleNamespace:
@@ -164,8 +163,7 @@ def test_ddp_time_saves_and_a_signal_on_one_rank_stop_every_rank_at_the_same_ste
         *("--checkpoint.every_n_train_steps", "null", "--checkpoint.train_time_interval", "2s"),
         *("--checkpoint.every_n_epochs", "1000", "--config", str(_probe_config(tmp_path))),
     )
-    with open(tmp_path / "output.txt", "w") as out:
-        process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(tmp_path / "home"), stdout=out, stderr=out)
+    process = start(args, tmp_path, cli_env(tmp_path / "home"), tmp_path / "output.txt")
     try:
         deadline = time.monotonic() + 150
         while not (tmp_path / "consensus-rank1.pid").exists() or _saves(tmp_path) < 3:

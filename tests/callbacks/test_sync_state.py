@@ -15,6 +15,7 @@ from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.publisher import BackgroundPublisher, Published
 from lightning_app.persistence.store_protocol import AuthError, PublishedVersion, RefusedError
 from lightning_app.persistence.sync_state import SyncState
+from tests.support.waiting import wait_for
 
 REF = "fake-user/lm-checkpoints"
 
@@ -53,6 +54,7 @@ def test_a_stalled_upload_makes_the_run_not_safe_with_one_warning_per_checkpoint
             f"Checkpoints are NOT SAFE (3 checkpoints unpublished): {_entry(3).file} is only in {folder}"
         ]
         assert sync.status() == "NOT SAFE (3 checkpoints unpublished)"
+        wait_for(lambda: fake_kaggle.faults.holding(), what="the first publish to reach the server and stall")
         fake_kaggle.release()
         assert sync.publisher.flush(timeout=120.0)
         state = sync.state

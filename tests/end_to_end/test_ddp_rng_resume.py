@@ -1,19 +1,34 @@
-"""Under DDP each rank draws its own random numbers: a killed and resumed 2-process run must give every rank its
-own RNG state back, and end bit for bit where an uninterrupted run ends."""
+"""DDP killed mid-epoch and resumed: each rank draws its own random numbers, a killed and resumed 2-process run must
+give every rank its own RNG state back, and end bit for bit where an uninterrupted run ends."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lightning_app.persistence.manifest import Manifest
-from tests.cli_helpers import assert_same_training_state, load, newest_checkpoint
-from tests.end_to_end.test_session_end import _ddp_run
+from tests.cli_helpers import (
+    RESUME_FLAGS,
+    assert_same_training_state,
+    cli_env,
+    fit_args,
+    load,
+    newest_checkpoint,
+    run_in_group,
+)
 
 pytestmark = pytest.mark.slow
+
+
+DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
+
+
+def _ddp_run(work: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run_in_group(fit_args(*RESUME_FLAGS, *DDP, *extra), work, cli_env(work / "home"))  # a new session
 
 
 def _callbacks_config(folder: Path, *callbacks: dict) -> Path:

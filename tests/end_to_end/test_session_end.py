@@ -1,4 +1,6 @@
-"""Surviving the end of a session: a time budget, SIGTERM, DDP killed and resumed, and three whole sessions."""
+"""Surviving the end of a session: a time budget, SIGTERM, three whole sessions, DDP from a notebook cell.
+
+DDP killed mid-epoch and resumed: ``test_ddp_rng_resume.py``."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -20,14 +20,13 @@ from tests.cli_helpers import (
     load,
     newest_checkpoint,
     run,
-    run_in_group,
+    start,
 )
 from tests.fake_kaggle import FakeKaggle
 from tests.support.kill_switch import kill_config
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.slow
-
-DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
 
 
 def _newest_version_step(fake: FakeKaggle) -> int:
@@ -37,18 +36,11 @@ def _newest_version_step(fake: FakeKaggle) -> int:
     return json.loads(fake.versions(ref)[-1].files["manifest.json"])["checkpoints"][0]["global_step"]
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp_path, fake_kaggle):
     env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
-    # Events, not wall-clock bounds: how far 25 s gets depends on the machine's load (interpreter start-up counts).
+    # Events, not wall-clock bounds: how far 20 s gets depends on the machine's load (interpreter start-up counts).
     result = run(
-        fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50", "--deadline.budget", "25s", "--deadline.reserve", "3s"),
+        fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50", "--deadline.budget", "20s", "--deadline.reserve", "3s"),
         tmp_path,
         env,
     )
@@ -64,12 +56,9 @@ def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp
 
 def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
     env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
-    with open(tmp_path / "output.txt", "w") as log:
-        process = subprocess.Popen(
-            fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50"), cwd=tmp_path, env=env, stdout=log, stderr=log
-        )
+    process = start(fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50"), tmp_path, env, tmp_path / "output.txt")
     try:
-        _wait_for(
+        wait_for(
             lambda: fake_kaggle.datasets and fake_kaggle.versions(next(iter(fake_kaggle.datasets))),
             120,
             "a first published version",
@@ -85,26 +74,6 @@ def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
     assert final.global_step > published_before
     assert final.global_step < 50 * 32
     assert _newest_version_step(fake_kaggle) == final.global_step, "the newest version lacks the last checkpoint"
-
-
-def _ddp_run(work: Path, *extra: str) -> subprocess.CompletedProcess:
-    return run_in_group(fit_args(*RESUME_FLAGS, *DDP, *extra), work, cli_env(work / "home"))  # a new session
-
-
-def test_ddp_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
-    reference, work = tmp_path / "uninterrupted", tmp_path / "killed"
-    reference.mkdir(), work.mkdir()
-    done = _ddp_run(reference)
-    assert done.returncode == 0, done.stdout[-3000:]
-    killed = _ddp_run(work, "--config", str(kill_config(work, "KillAfterCheckpoint", 20)))
-    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
-    assert max(e.global_step for e in Manifest.load(work / "checkpoints").entries.values()) == 20
-    resumed = _ddp_run(work, "--resume")
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert "(epoch 1, step 20)" in resumed.stdout  # 16 steps per epoch per rank: mid-epoch
-    assert_same_training_state(
-        load(newest_checkpoint(work / "checkpoints")), load(newest_checkpoint(reference / "checkpoints"))
-    )
 
 
 def test_three_sessions_end_where_one_uninterrupted_run_ends(tmp_path, fake_kaggle, uninterrupted):

@@ -15,6 +15,7 @@ from lightning_app.persistence.kaggle_store import KaggleDatasetStore
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, PublishJob
 from tests.cli_helpers import REPO, cli_env, fit_args, run
+from tests.support.waiting import wait_for
 
 REF = "fake-user/lm-checkpoints"
 
@@ -24,14 +25,6 @@ def _stage(tmp_path: Path, name: str) -> PublishJob:
     folder.mkdir(parents=True)
     (folder / f"{name}.ckpt").write_bytes(b"x" * 10)
     return PublishJob(folder, name, CheckpointEntry(f"{name}.ckpt", 0, 1, "20261202-000000"))
-
-
-def _wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.05)
-    return value
 
 
 def _gone(pid: int) -> bool:
@@ -51,8 +44,8 @@ def test_close_kills_the_hung_call_and_discards_the_waiting_job(kaggle_env, fake
     publisher = BackgroundPublisher(store, attempts=6, base_delay=60.0, max_delay=600.0)
     first, second = _stage(tmp_path, "first"), _stage(tmp_path, "second")
     publisher.submit(first)
-    child = _wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
-    _wait_for(lambda: fake_kaggle.faults.pending() == 0, what="hung request")
+    child = wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
+    wait_for(lambda: fake_kaggle.faults.pending() == 0, what="hung request")
     publisher.submit(second)  # waits behind the hung one
     assert publisher.flush(timeout=0.5) is False
     start = time.monotonic()
@@ -78,7 +71,7 @@ def test_store_cancel_ends_the_publish_in_progress(kaggle_env, fake_kaggle, tmp_
 
     thread = threading.Thread(target=publish)
     thread.start()
-    child = _wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
+    child = wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
     store.cancel()
     thread.join(10)
     assert not thread.is_alive() and errors and _gone(child.pid)
@@ -105,7 +98,7 @@ def test_a_call_running_at_interpreter_exit_is_killed(kaggle_env, fake_kaggle, t
     )
     assert result.returncode == 0, result.stderr[-2000:]
     pid = int(result.stdout.split()[0])
-    _wait_for(lambda: _gone(pid), timeout=5, what="end of the abandoned child")
+    wait_for(lambda: _gone(pid), timeout=5, what="end of the abandoned child")
 
 
 def _kaggle_calls_under(path: Path) -> list[str]:

@@ -40,19 +40,27 @@ class ForkedProcess:
     def __init__(self, connection: socket.socket, args: list[str]) -> None:
         self.args = args
         self._connection = connection
-        self._reader = connection.makefile("r")
-        self.pid = int(self._reader.readline())
+        self._received = b""
+        self.pid = int(self._line(timeout=60))
         self.returncode: int | None = None
+
+    def _line(self, timeout: float | None) -> str:
+        """The waiter's next line: the child's pid, then its exit status."""
+        self._connection.settimeout(timeout)
+        while b"\n" not in self._received:
+            try:
+                chunk = self._connection.recv(64)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            if not chunk:
+                raise RuntimeError("the fork server's waiter for this run went away")
+            self._received += chunk
+        line, self._received = self._received.split(b"\n", 1)
+        return line.decode()
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is None:
-            self._connection.settimeout(timeout)
-            try:
-                line = self._reader.readline()
-            except TimeoutError:
-                raise subprocess.TimeoutExpired(self.args, timeout) from None
-            self.returncode = int(line)
-            self._reader.close()
+            self.returncode = int(self._line(timeout))
             self._connection.close()
         return self.returncode
 
