@@ -35,6 +35,8 @@ def cli_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "FAKE_KAGGLE"))}
     home.mkdir(parents=True, exist_ok=True)
     env.update(HOME=str(home), KAGGLE_CONFIG_DIR=str(home / ".kaggle"), PYTHONUNBUFFERED="1")
+    # One torch thread: a tiny model trains faster so on 2 cores, beside the writer thread and the upload child.
+    env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
     if extra and "PYTHONPATH" in extra:  # e.g. the fake Kaggle server's sitecustomize first, then the repo

@@ -88,7 +88,7 @@ class ForkServer:
     def start(cls, repo: Path) -> ForkServer:
         folder = Path(tempfile.mkdtemp(prefix="fork-server-"))
         path = folder / "socket"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.fork_server", str(path)],
             cwd=repo,
@@ -175,6 +175,8 @@ def _become(request: dict) -> None:
     import tempfile
     import time
 
+    import torch
+
     import lightning_app
 
     if request["new_session"]:
@@ -191,6 +193,8 @@ def _become(request: dict) -> None:
         os.dup2(out.fileno(), 1)
     with open(request["stderr"], "a") as err:
         os.dup2(err.fileno(), 2)
+    if threads := os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(threads))  # what torch reads from the environment at start-up
     lightning_app.PROCESS_START = time.monotonic()  # the budget counts from this process's start
     sys.argv = ["-m", *request["argv"]]
     runpy.run_module("lightning_app", run_name="__main__", alter_sys=True)
