@@ -74,17 +74,25 @@ def _cli_argv(args: list[str]) -> list[str] | None:
     return args[len(prefix) :] if args[: len(prefix)] == prefix and fork_server() is not None else None
 
 
+def _launch(
+    args: list[str], cwd: Path, env: dict[str, str], stdout: Path, stderr: Path, new_session=False, fresh=False
+) -> subprocess.Popen | ForkedProcess:
+    """Start ``args`` with its output appended to files; the CLI forks from the warm interpreter unless ``fresh``
+    (a test of start-up itself)."""
+    argv = None if fresh else _cli_argv(args)
+    if argv is not None:
+        return fork_server().spawn(argv, cwd, env, stdout, stderr, new_session)
+    with open(stdout, "a") as out, open(stderr, "a") as err:
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=new_session)
+
+
 def run(
     args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300, fresh: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run a command to its end with its output captured; the CLI forks from the warm interpreter unless
-    ``fresh`` (a test of start-up itself)."""
-    argv = None if fresh else _cli_argv(args)
-    if argv is None:
-        return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run a command to its end with its output captured (killed after ``timeout``, as `subprocess.run` does)."""
     with tempfile.TemporaryDirectory(prefix="cli-run-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        process = fork_server().spawn(argv, cwd, env, out, err)
+        process = _launch(args, cwd, env, out, err, fresh=fresh)
         try:
             returncode = process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -96,24 +104,15 @@ def run(
 
 def start(args: list[str], cwd: Path, env: dict[str, str], output: Path) -> subprocess.Popen | ForkedProcess:
     """Start a command with stdout and stderr appended to ``output``; for a test that signals it while it runs."""
-    argv = _cli_argv(args)
-    if argv is not None:
-        return fork_server().spawn(argv, cwd, env, output, output)
-    with open(output, "a") as file:
-        return subprocess.Popen(args, cwd=cwd, env=env, stdout=file, stderr=file)
+    return _launch(args, cwd, env, output, output)
 
 
 def run_in_group(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """`run` in a process group of its own, killed whole afterwards: a SIGKILLed DDP rank 0 leaves its peers
     behind (the group outlives its leader: pgid == leader's pid). stdout and stderr together in ``stdout``."""
-    argv = _cli_argv(args)
     with tempfile.TemporaryDirectory(prefix="cli-run-") as folder:
         output = Path(folder) / "output"
-        if argv is None:
-            with open(output, "w") as file:
-                process = subprocess.Popen(args, cwd=cwd, env=env, stdout=file, stderr=file, start_new_session=True)
-        else:
-            process = fork_server().spawn(argv, cwd, env, output, output, new_session=True)
+        process = _launch(args, cwd, env, output, output, new_session=True)
         try:
             returncode = process.wait(timeout)
         finally:

@@ -12,11 +12,12 @@ calls) are fresh interpreters, as in production; tests of start-up itself run th
 Each run is forked by a waiter process, forked from the server: the waiter reports the child's pid, waits for it
 and reports its exit status (negative: killed by that signal) on the run's Unix socket, as ``Popen`` would.
 
-Usage (``tests/conftest.py`` starts one per session; ``tests/cli_helpers.run`` uses it)::
+Usage (``tests/cli_helpers`` starts one at the first CLI run of a session; ``tests/conftest.py`` stops it)::
 
-    with ForkServer.start() as server:
-        process = server.spawn(["fit", "--config", "configs/smoke.yaml"], cwd, env, stdout_path, stderr_path)
-        returncode = process.wait(timeout=300)
+    server = ForkServer.start(repo)
+    process = server.spawn(["fit", "--config", "configs/smoke.yaml"], cwd, env, stdout_path, stderr_path)
+    returncode = process.wait(timeout=300)
+    server.stop()
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,7 +91,7 @@ class ForkServer:
     def start(cls, repo: Path) -> ForkServer:
         folder = Path(tempfile.mkdtemp(prefix="fork-server-"))
         path = folder / "socket"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(repo)}
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.fork_server", str(path)],
             cwd=repo,
@@ -127,12 +129,7 @@ class ForkServer:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self._process.kill()
-
-    def __enter__(self) -> ForkServer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
 # -- the server process ------------------------------------------------------------------------------------------
