@@ -191,6 +191,6 @@ def run_fit(config_path: Path, callbacks: Sequence = (), extra_args: Sequence[st
 
     Run it inside `working_directory`: the CLI's defaults (``logs/``, ``checkpoints/``) are relative paths.
     """
-    from lightning_app.cli import make_cli
+    from lightning_app.commands.fit import make_cli
 
     return make_cli(["fit", "--config", str(config_path), *extra_args], callbacks)

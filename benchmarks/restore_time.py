@@ -112,22 +112,21 @@ def fit(config: Path, workdir: Path, env: dict[str, str], *extra: str) -> subpro
 
 def make_input(root: Path, size: str, device: str, env: dict[str, str]) -> Path:
     """Train two steps, then stage the newest checkpoint and its manifest as an attached dataset would hold them."""
-    from lightning_app.persistence.manifest import Manifest
-    from lightning_app.persistence.staging import stage_version
+    from lightning_app.persistence.folder import CheckpointFolder
 
     input_dir = root / "input"
     config = write_config(root / "producer.yaml", fit_config(size, device, None, input_dir))
     producer = root / "producer"
     fit(config, producer, env, "--trainer.max_steps", "2", "--checkpoint.every_n_train_steps", "1")
-    folder = producer / "checkpoints"
-    staged, files = stage_version(folder, Manifest.load(folder), 1, input_dir / "datasets")
+    folder = CheckpointFolder(producer / "checkpoints")
+    newest = folder.manifest.newest_first()[0]
+    staged = folder.stage([newest])
     attached = input_dir / "lm-checkpoints"
     attached.mkdir(parents=True)
     for path in staged.iterdir():  # a copy: an attached input is another file system, never a link
         shutil.copyfile(path, attached / path.name)
-    shutil.rmtree(input_dir / "datasets")
     shutil.rmtree(producer)
-    return attached / files[0]
+    return attached / newest.file
 
 
 def time_fit(config: Path, workdir: Path, env: dict[str, str], probe: Path, *extra: str) -> float:

@@ -22,8 +22,8 @@ from callbacks.entry_fields import new_entry, training_config
 from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
-from lightning_app.persistence.checkpoint_folder import CheckpointFolder
 from lightning_app.persistence.checkpoint_io import SnapshotCheckpointIO
+from lightning_app.persistence.folder import RUN_STATE_KEY, CheckpointFolder
 from lightning_app.persistence.manifest import CheckpointEntry, sha256_of, training_differences
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
@@ -35,12 +35,21 @@ TIME_SAVE_DUE = "time_save_due"
 
 @dataclass(frozen=True)
 class SavedCheckpoint:
-    """A checkpoint file that is complete on disk, with its manifest entry already written."""
+    """A checkpoint file that is complete on disk, with its manifest entry already written.
+
+    Attributes:
+        path: the file.
+        entry: its manifest entry.
+        folder: the folder's owner (global rank 0's), to stage a version from without reading the disk again.
+        run_entries: this run's checkpoints in the manifest now, newest first (``entry`` among them).
+        seconds: how long the background write took.
+    """
 
     path: Path
     entry: CheckpointEntry
-    folder: Path
-    seconds: float = 0.0  # how long the background write took
+    folder: CheckpointFolder
+    run_entries: tuple[CheckpointEntry, ...] = ()
+    seconds: float = 0.0
 
 
 class KaggleModelCheckpoint(ModelCheckpoint):
@@ -108,7 +117,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._listeners: list[Callable[[SavedCheckpoint], None]] = []
         self._writer = SnapshotWriter(self._file_written, self._write_failed)
         self._async = False
-        self._pending: dict[str, CheckpointEntry] = {}
+        self._being_written: dict[str, CheckpointEntry] = {}
         self._lock = threading.Lock()
         self._folder: CheckpointFolder | None = None  # global rank 0's: names, manifest, retention, cleanup
         self._last_save_time = time.monotonic()
@@ -124,7 +133,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     @override
     def state_key(self) -> str:
         # Fixed: Lightning's default includes the arguments; a flag changed between sessions would drop the state.
-        return "KaggleModelCheckpoint"
+        return RUN_STATE_KEY
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -242,7 +251,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             settings=self.settings,
         )
         with self._lock:
-            self._pending[str(filepath)] = entry
+            self._being_written[str(filepath)] = entry
         self._last_save_time = time.monotonic()
         super()._save_checkpoint(trainer, filepath)
         if trainer.is_global_zero and not self._async:  # a user's IO plugin wrote it inline
@@ -254,23 +263,23 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         if self._folder is None:
             return Path(self.dirpath) / "not-rank-0.ckpt"
         with self._lock:
-            pending = {Path(p).name for p in self._pending}
-            return self._folder.path / self._folder.next_name(trainer.current_epoch, pending)
+            being_written = {Path(p).name for p in self._being_written}
+            return self._folder.path / self._folder.next_name(trainer.current_epoch, being_written)
 
     def _file_written(self, written: WrittenFile) -> None:
         with self._lock:
-            entry = self._pending.pop(str(written.path), None)
+            entry = self._being_written.pop(str(written.path), None)
         if entry is None:
             return  # a save that is not ours (e.g. a user's trainer.save_checkpoint)
         entry = replace(entry, size=written.size, sha256=written.sha256)
-        folder = written.path.parent
         value = entry.metrics.get(self.monitor) if self.monitor else None
         with self._lock:
             if value is not None and self._is_better(value):
                 entry = replace(entry, best=True)
                 self.best_model_path, self.best_model_score = str(written.path), torch.tensor(value)
             self._folder.record(entry, self.keep_last)
-        saved = SavedCheckpoint(written.path, entry, folder, written.seconds)
+            run_entries = tuple(self._folder.manifest.newest_first(entry.run_id))
+        saved = SavedCheckpoint(written.path, entry, self._folder, run_entries, written.seconds)
         self.last_saved = saved
         if self.verbose:
             log.info(
@@ -285,7 +294,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
 
     def _write_failed(self, path: Path, error: BaseException) -> None:
         with self._lock:
-            self._pending.pop(str(path), None)
+            self._being_written.pop(str(path), None)
         log.warning(f"Checkpoint {path.name} could not be written ({error}); training continues")
 
     @override

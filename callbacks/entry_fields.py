@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from lightning_app.persistence.checkpoint_folder import CheckpointFolder
+from lightning_app.persistence.folder import CheckpointFolder
 from lightning_app.persistence.manifest import CheckpointEntry
 
 
@@ -20,6 +20,7 @@ def new_entry(trainer: pl.Trainer, name: str, **fields: Any) -> CheckpointEntry:
         epoch=trainer.current_epoch,
         global_step=trainer.global_step,
         timestamp=CheckpointFolder.timestamp_of(name),
+        total_steps=int(getattr(trainer.lightning_module, "total_steps", 0) or 0),
         metrics=plain_metrics(trainer.callback_metrics),
         **fields,
     )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from pathlib import Path
+from collections.abc import Callable
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -14,16 +15,13 @@ from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.durations import parse_duration
 from lightning_app.errors import ConfigError, bad_value
 from lightning_app.experiment import experiment_name
-from lightning_app.persistence.kaggle_store import check_dataset
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest
+from lightning_app.persistence.kaggle.names import check_dataset
+from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, Published, PublishJob
-from lightning_app.persistence.staging import stage_version
-from lightning_app.persistence.store_protocol import CheckpointStore, StoreError
+from lightning_app.persistence.store import StoreChoice, StoreError, StoreOptions, make_store
 from lightning_app.persistence.sync_state import SyncState
 
 log = logging.getLogger("lightning_app.sync")
-
-STAGING_DIR = ".staging"
 
 
 def version_notes(entry: CheckpointEntry) -> str:
@@ -86,78 +84,41 @@ class KaggleDatasetSync(Callback):
         if not retry_delay > 0:
             raise bad_value("--sync.retry_delay", retry_delay, "a number of seconds > 0")
         self.retry_delay = retry_delay
-        self.dataset, self.enabled, self.upload_last = dataset, enabled, upload_last
+        self.upload_last, self.upload_best, self.required = upload_last, upload_best, required
         self.flush_timeout = parse_duration("--sync.flush_timeout", flush_timeout).total_seconds()
-        self.directory, self.call_timeout, self.title = directory, call_timeout, title
-        self.upload_best = upload_best
+        self.store_options = StoreOptions(dataset, enabled, directory, title, call_timeout, delete_old_versions)
+        #: Makes the run's store once; the CLI shares its own (made for ``--resume``) so that a run logs in once.
+        self.store_choice: Callable[[], StoreChoice] | None = None
         self._published_files: set[str] = set()  # every checkpoint some published version holds
-        self.required, self.delete_old_versions = required, delete_old_versions
         self.publisher: BackgroundPublisher | None = None
         self._saved: list[CheckpointEntry] = []  # this run's checkpoints, oldest first (rank 0)
         self._checkpoints: list[KaggleModelCheckpoint] = []
-        self._store_resolved = False
-        self._store: CheckpointStore | None = None
 
-    def store(self, settings: dict[str, object], data_identity: dict[str, object]) -> CheckpointStore | None:
-        """The store this run publishes to (and ``--resume`` downloads from); None when syncing is off."""
-        if self._store_resolved:
-            return self._store
-        self._store_resolved = True
-        if self.directory:
-            from lightning_app.persistence.directory_store import DirectoryStore
-
-            self._store = DirectoryStore(Path(self.directory))
-            return self._store
-        if self.enabled is False:
-            return None
-        from lightning_app.persistence.credentials import find_credentials
-
-        credentials = find_credentials()
-        if credentials is None:
-            advice = "set KAGGLE_USERNAME/KAGGLE_KEY (Kaggle Secrets in a notebook) or ~/.kaggle/kaggle.json"
-            log.warning(f"No Kaggle credentials found: checkpoints stay local ({advice})")
-            return None
-        from lightning_app.persistence.kaggle_store import KaggleDatasetStore
-
-        dataset = self.dataset
-        if dataset is None:
-            username = credentials.username or self._username_at_login(credentials.source)
-            if not username:
-                return None
-            dataset = f"{username}/{experiment_name(settings, data_identity)}-checkpoints"
-
-        self._store = KaggleDatasetStore(
-            dataset, title=self.title, call_timeout=self.call_timeout, delete_old_versions=self.delete_old_versions
-        )
-        log.info(f"Checkpoints will be published to {self._store.description} (credentials: {credentials.source})")
-        return self._store
-
-    def _username_at_login(self, source: str) -> str | None:
-        """Ask the client whose an access token is (it tells only at login); None, with one warning, if it cannot."""
-        from lightning_app.persistence.kaggle_store import login_username
-        from lightning_app.persistence.retry import retry_call
-
-        try:  # a network blip at login must not turn syncing off for the session
-            username = retry_call(lambda: login_username(self.call_timeout), attempts=3, base_delay=2.0)
-        except StoreError as error:
-            log.warning(f"Could not learn whose credentials {source} are ({error}): pass --sync.dataset OWNER/SLUG")
-            return None
-        if not username:
-            log.warning(f"The credentials from {source} name no user: pass --sync.dataset OWNER/SLUG to sync")
-        return username
+    @property
+    def dataset(self) -> str | None:
+        """``--sync.dataset`` as given (None: the default name)."""
+        return self.store_options.dataset
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not trainer.is_global_zero or self.publisher is not None:
             return
-        settings = pl_module.settings() if hasattr(pl_module, "settings") else {}
-        datamodule = trainer.datamodule
-        identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
-        store = self.store(settings, identity)
+        if self.store_choice is None:  # a Trainer built without the CLI
+            settings = pl_module.settings() if hasattr(pl_module, "settings") else {}
+            datamodule = trainer.datamodule
+            identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
+            experiment = experiment_name(settings, identity)
+            self.store_choice = functools.cache(lambda: make_store(self.store_options, experiment))
+        choice = self.store_choice()
+        store = choice.store
         self._checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, KaggleModelCheckpoint)]
         if self.required:
-            self._check_required(store)
+            self._check_required(choice)
         if store is None:
+            if choice.error is None:  # a failed login was said already, in make_store
+                (log.info if self.store_options.enabled is False else log.warning)(
+                    f"Checkpoints stay local: {choice.why_none}"
+                )
             return
         self.publisher = BackgroundPublisher(
             store,
@@ -168,16 +129,12 @@ class KaggleDatasetSync(Callback):
         for checkpoint in self._checkpoints:
             checkpoint.add_listener(self._on_checkpoint_saved)
 
-    def _check_required(self, store: CheckpointStore | None) -> None:
+    def _check_required(self, choice: StoreChoice) -> None:
         """``--sync.required true``: a cheap look at the credentials and the dataset, or one-line exit 2."""
-        if store is None:
-            why = "syncing is off (--sync.enabled false)" if self.enabled is False else "no usable Kaggle credentials"
-            raise ConfigError(f"--sync.required true: {why}")
-        check = getattr(store, "check_access", None)
-        if check is None:
-            return
+        if choice.store is None:
+            raise ConfigError(f"--sync.required true: {choice.why_none}")
         try:
-            found = check()
+            found = choice.store.check_access()
         except StoreError as error:
             raise ConfigError(f"--sync.required true: {error}") from None
         log.info(f"Checkpoint sync checked: {found}")
@@ -187,23 +144,22 @@ class KaggleDatasetSync(Callback):
         if self.publisher is None:
             return
         self._saved.append(saved.entry)
-        manifest = Manifest.load(saved.folder) or Manifest([saved.entry])
-        run_id = saved.entry.run_id
-        also = self._best_to_add(manifest, run_id)
-        staged, _files = stage_version(
-            saved.folder, manifest, self.upload_last, saved.folder / STAGING_DIR, run_id, also
-        )
-        notes = version_notes(saved.entry) + (f", with the best checkpoint {also[0]}" if also else "")
+        newest = list(saved.run_entries[: self.upload_last]) or [saved.entry]
+        best = self._best_to_add(saved.run_entries)
+        staged = saved.folder.stage(newest + [e for e in best if e not in newest])
+        notes = version_notes(saved.entry) + (f", with the best checkpoint {best[0].file}" if best else "")
         self.publisher.submit(PublishJob(staged, notes, saved.entry))
         if (reason := self.state.unsafe) is not None:  # once per checkpoint, never per step
-            log.warning(f"Checkpoints are NOT SAFE ({reason}): {saved.entry.file} is only in {saved.folder}")
+            log.warning(f"Checkpoints are NOT SAFE ({reason}): {saved.entry.file} is only in {saved.folder.path}")
 
-    def _best_to_add(self, manifest: Manifest, run_id: str | None) -> list[str]:
-        """This run's best checkpoint, when ``upload_best`` is on and no published version holds it yet."""
+    def _best_to_add(self, run_entries: tuple[CheckpointEntry, ...]) -> list[CheckpointEntry]:
+        """This run's best checkpoint, when ``upload_best`` is on and neither a published version nor the publish
+        in flight holds it (a queued job that holds it is about to be replaced by this one)."""
         if not self.upload_best:
             return []
-        best = next((e for e in manifest.newest_first(run_id) if e.best), None)
-        return [best.file] if best is not None and best.file not in self._published_files else []
+        best = next((e for e in run_entries if e.best), None)
+        sent = self._published_files | self.publisher.in_flight_files()
+        return [best] if best is not None and best.file not in sent else []
 
     def _note_published(self, published: Published) -> None:
         self._published_files.update(f.name for f in published.version.files if f.name.endswith(".ckpt"))
@@ -223,20 +179,16 @@ class KaggleDatasetSync(Callback):
         after = names.index(published.entry.file) + 1 if published and published.entry.file in names else 0
         return SyncState(
             store.description,
-            dataset=getattr(store, "dataset", store.description),
+            dataset=store.name,
             newest=newest,
             published=published,
             processing=publisher.processing,
-            uploading=publisher.pending,
+            uploading=publisher.uploading,
             behind=len(names) - after,
             stopped=publisher.disabled,
             failed=failed[1] if failed and failed[0] == newest else None,
             error=publisher.last_error,
         )
-
-    def status(self) -> str:
-        """A few words for the progress bar: the last published version, what is pending, or NOT SAFE."""
-        return self.state.bar_text
 
     @property
     def publishing(self) -> bool:
@@ -268,7 +220,8 @@ class KaggleDatasetSync(Callback):
         if self.publisher is not None:
             self.flush()
         state = self.state
-        folder = self._checkpoints[0].last_saved.folder if self._checkpoints and self._checkpoints[0].last_saved else ""
+        last = self._checkpoints[0].last_saved if self._checkpoints else None
+        folder = last.folder.path if last is not None else ""
         if (line := state.final_line(folder)) is not None:
             (log.warning if state.store is not None and not state.newest_published else log.info)(line)
         if self.publisher is not None:

@@ -4,10 +4,10 @@
 
     Epoch 3: 100%|████| 32/32 [00:04<00:00, train_loss=1.42, val_loss=1.39, sync=v4@96 uploading step 128, left=8h41m]
 
-Both items are read duck-typed from the trainer's callbacks, so this module imports none of them:
+Both items are read from the trainer's callbacks without importing them:
 
-- ``sync``: the text of the first callback with a ``status()`` method returning a non-empty string
-  (`callbacks.kaggle_sync.KaggleDatasetSync`: last published version and step, pending upload, retrying);
+- ``sync``: the ``state.bar_text`` (a `SyncState`'s) of the first callback that has one
+  (`callbacks.kaggle_sync.KaggleDatasetSync`: last published version and step, an upload, retrying, NOT SAFE);
 - ``left``: the first callback with a ``remaining_seconds()`` method returning a number (the session deadline).
 
 Either is left out when no callback provides it.
@@ -46,7 +46,7 @@ def session_items(trainer: pl.Trainer) -> dict[str, str]:
     items: dict[str, str] = {}
     for callback in trainer.callbacks:
         if "sync" not in items:
-            text = _ask(callback, "status")
+            text = getattr(_read(callback, "state"), "bar_text", None)
             if isinstance(text, str) and text:
                 items["sync"] = text
         if "left" not in items:
@@ -64,6 +64,14 @@ def _ask(callback: object, method: str) -> Any:
         return function()
     except Exception:  # noqa: BLE001 - the progress bar must never stop training
         log.debug("progress bar: %r.%s() failed", callback, method, exc_info=True)
+        return None
+
+
+def _read(callback: object, attribute: str) -> Any:
+    try:
+        return getattr(callback, attribute, None)
+    except Exception:  # noqa: BLE001 - the progress bar must never stop training
+        log.debug("progress bar: %r.%s failed", callback, attribute, exc_info=True)
         return None
 
 

@@ -1,4 +1,4 @@
-from lightning_app.cli import main
+from lightning_app.commands import main
 
 if __name__ == "__main__":
     main()

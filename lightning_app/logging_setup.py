@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import logging
 import os
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -128,23 +130,50 @@ def default_loggers(save_dir: str = "logs") -> list[dict[str, Any]]:
 
 
 def name_loggers(trainer: pl.Trainer, model: pl.LightningModule, datamodule: Any = None) -> str | None:
-    """Name the trainer's resumable loggers after the experiment of ``model`` and ``datamodule``.
-
-    Must run before the loggers open their folders (``Trainer.fit`` opens them before any ``setup`` hook): the
-    CLI calls it right after instantiating the classes. Every DDP rank computes the same name.
-
-    Returns:
-        The experiment name, or None when ``model`` has no ``settings()``.
-    """
+    """Name the trainer's resumable loggers after the experiment of ``model`` and ``datamodule``; returns the name
+    (None when ``model`` has no ``settings()``). See `name_loggers_after`."""
     settings = getattr(model, "settings", None)
     if not callable(settings):
         return None
     identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
     name = experiment_name(settings(), identity)
+    name_loggers_after(trainer, name)
+    return name
+
+
+def name_loggers_after(trainer: pl.Trainer, name: str) -> None:
+    """Name the trainer's resumable loggers' folders ``name`` (``rope-small-1a2b3c4d``).
+
+    Must run before the loggers open their folders (``Trainer.fit`` opens them before any ``setup`` hook): the
+    CLI calls it right after instantiating the classes. Every DDP rank computes the same name.
+    """
     for logger in trainer.loggers:
         if isinstance(logger, (ResumableCSVLogger, ResumableTensorBoardLogger)):
             logger.name_after(name)
-    return name
+
+
+#: Lines Lightning logs at the start of ``fit`` that the project's start line says instead (devices, seed), or
+#: that advertise (its tips).
+_FOLDED_INTO_START_LINE = ("GPU available:", "TPU available:", "Seed set to", "💡 Tip:")
+
+
+class _DropFolded(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_FOLDED_INTO_START_LINE)
+
+
+def quiet_third_parties() -> None:
+    """The first lines of ``fit`` are the project's: Lightning's tips and device lines, and the deprecation
+    warnings torch and Lightning raise about each other's internals, are dropped (only those)."""
+    for name in (
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning_fabric.utilities.rank_zero",
+        "lightning_fabric.utilities.seed",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropFolded) for f in logger.filters):
+            logger.addFilter(_DropFolded())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
 
 
 def add_logging_callbacks(trainer: pl.Trainer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -98,6 +99,20 @@ class LanguageModel(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=self.config.vocab_size, average="micro")
         self._rng_to_restore: dict | None = None
         self._train_loss = torch.zeros(())  # the last training step's loss, detached
+        self.total_steps = 0  # set with the optimizer, once the trainer is known
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> tuple[LanguageModel, dict]:
+        """The model of a checkpoint, in eval mode on ``device``, and its hyperparameters (loaded with
+        ``weights_only=True``); a file that is not such a checkpoint is one `ConfigError` line."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            hparams = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}
+        except Exception as error:
+            raise bad_value("CKPT_OR_RUN_DIR", str(path), f"a Lightning checkpoint that loads ({error})") from None
+        model = cls(**{**hparams, "compile": False})
+        model.load_state_dict(saved["state_dict"])
+        return model.to(device).eval(), hparams
 
     def settings(self) -> dict[str, object]:
         """The resolved architecture: what a checkpoint must share with a run that resumes from it."""
@@ -151,7 +166,8 @@ class LanguageModel(pl.LightningModule):
         # step for `small` on 2 CPU cores, 12 ms fused; benchmarks/README.md); fused AdamW runs on CPU since 2.4.
         fused = self.device.type == "cuda" or (self.device.type == "cpu" and torch.__version__ >= (2, 4))
         optimizer = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, hp.beta2), fused=fused)
-        schedule = WarmupCosine(hp.warmup_steps, self._total_training_steps(), hp.min_lr_ratio)
+        self.total_steps = self._total_training_steps()  # the schedule's end: the run is finished at this step
+        schedule = WarmupCosine(hp.warmup_steps, self.total_steps, hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

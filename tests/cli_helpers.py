@@ -126,9 +126,9 @@ def _read(path: Path) -> str:
 
 
 def newest_checkpoint(folder: Path) -> Path:
-    from lightning_app.persistence.manifest import Manifest
+    from lightning_app.persistence.folder import read_manifest
 
-    manifest = Manifest.load(folder)
+    manifest = read_manifest(folder)
     assert manifest is not None and manifest.entries, f"no manifest in {folder}"
     return folder / manifest.newest_first()[0].file
 

@@ -8,7 +8,8 @@ import math
 import pytest
 import yaml
 
-from lightning_app.cli import expand_aliases, main
+from lightning_app.commands import main
+from lightning_app.commands.fit import expand_aliases
 from tests.cli_helpers import REPO, SMOKE, cli_env, fit_args, run
 
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -142,7 +143,7 @@ def test_without_resume_existing_checkpoints_are_mentioned_in_one_line(tmp_path,
 
 
 def test_help_lists_every_command_and_an_unknown_one_is_one_line(capsys):
-    from lightning_app.cli import main
+    from lightning_app.commands import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_app.generate_command import main
+from lightning_app.commands.generate import main
+from lightning_app.model.sampling import sample_next
 from lightning_app.module import LanguageModel
-from lightning_app.sampling import sample_next
 from tests.cli_helpers import cli_env, fit_args, run
 
 PE_TYPES = ["sinusoidal", "learned", "rope", "alibi", "none"]

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_app import lengths
-from lightning_app.cli import main
+from lightning_app.commands import lengths, main
 from tests.cli_helpers import cli_env, fit_args, newest_checkpoint, run
 
 LENGTHS = ("16", "32", "64")  # smoke.yaml trains at 32
@@ -58,7 +57,7 @@ def test_loss_matches_validate(runs, pe, length):
     assert result.returncode == 0, result.stderr[-3000:]
     logged = float(re.search(r"val_loss\s*\S\s*([0-9.]+)", result.stdout).group(1))
 
-    hparams = lengths.load_model(checkpoint, torch.device("cpu"))[1]
+    hparams = lengths.LanguageModel.from_checkpoint(checkpoint, torch.device("cpu"))[1]
     scored = lengths.Run(checkpoint, hparams, lengths.training_data(checkpoint, hparams))
     lengths.score(scored, [length], torch.device("cpu"))
     assert scored.scores[length][0] == pytest.approx(logged, rel=1e-5, abs=1e-6)

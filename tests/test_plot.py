@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_app import plot
+from lightning_app.commands import plot
 from tests.cli_helpers import REPO
 
 COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_ppl", "wall_time"]
@@ -135,5 +135,5 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, message):
 
 
 def test_plotting_does_not_load_lightning_or_torch():
-    code = "import sys, lightning_app.plot; sys.exit(bool({'torch', 'pytorch_lightning'} & set(sys.modules)))"
+    code = "import sys, lightning_app.commands.plot; sys.exit(bool({'torch', 'pytorch_lightning'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

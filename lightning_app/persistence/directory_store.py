@@ -8,7 +8,8 @@ Example::
 
     store = DirectoryStore("/content/drive/MyDrive/lm-checkpoints")
     store.publish(stage_folder, notes="epoch 3")
-    store.fetch(Path("restore"))  # newest version
+    listing = store.read_version(texts=("manifest.json",))  # the newest version
+    store.fetch_file("kaggle_epoch_3_20261126-031500.ckpt", Path("checkpoints/.remote"), listing.number)
 """
 
 from __future__ import annotations
@@ -20,19 +21,22 @@ import time
 import uuid
 from pathlib import Path
 
-from lightning_app.persistence.store_protocol import (
+from lightning_app.atomic import atomic_file
+from lightning_app.persistence.store import (
+    CheckpointStore,
     NotFoundError,
     PublishedVersion,
     RemoteFile,
     StoreError,
     TransientError,
+    VersionContents,
 )
 
 NOTES_NAME = ".version-notes.txt"
 _VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 
 
-class DirectoryStore:
+class DirectoryStore(CheckpointStore):
     """Versions of a checkpoint folder kept as ``root/v<N>/`` sub-folders.
 
     Args:
@@ -66,25 +70,30 @@ class DirectoryStore:
         files = tuple(RemoteFile(s.name, s.stat().st_size) for s in sources)
         return PublishedVersion(number, files, sum(f.size for f in files), time.monotonic() - start)
 
-    def list_files(self, version: int | None = None) -> list[RemoteFile]:
-        """Files of ``version`` (default newest), sorted by name."""
+    def read_version(self, version: int | None = None, texts: tuple[str, ...] = ()) -> VersionContents:
+        """Number, files (sorted by name) and the small ``texts`` of ``version`` (default newest)."""
         folder = self._version_folder(version)
         try:
-            return [RemoteFile(p.name, p.stat().st_size) for p in _files_in(folder)]
+            files = _files_in(folder)
+            found = {p.name: p.read_text() for p in files if p.name in texts}
+            listed = tuple(RemoteFile(p.name, p.stat().st_size) for p in files)
         except OSError as error:
-            raise TransientError(f"{self.description}: cannot list {folder.name}: {error}") from error
+            raise TransientError(f"{self.description}: cannot read {folder.name}: {error}") from error
+        return VersionContents(int(folder.name[1:]), listed, found)
 
-    def fetch(self, dest: Path, version: int | None = None) -> Path:
-        """Copy the files of ``version`` (default newest) into ``dest``."""
-        folder = self._version_folder(version)
-        dest = Path(dest)
+    def fetch_file(self, name: str, dest: Path, version: int) -> Path:
+        """Copy ``name`` of ``version`` into ``dest`` (whole or not at all)."""
+        source = self._version_folder(version) / name
+        target = Path(dest) / name
         try:
-            dest.mkdir(parents=True, exist_ok=True)
-            for source in _files_in(folder):
-                shutil.copyfile(source, dest / source.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(source, "rb") as reader, atomic_file(target) as writer:
+                shutil.copyfileobj(reader, writer, 1 << 22)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.description}: version {version} has no {name}") from None
         except OSError as error:
-            raise TransientError(f"{self.description}: cannot fetch {folder.name}: {error}") from error
-        return dest
+            raise TransientError(f"{self.description}: cannot fetch {name}: {error}") from error
+        return target
 
     def versions(self) -> list[int]:
         """Published version numbers, ascending."""

@@ -1,6 +1,6 @@
 """``manifest.json``: what each checkpoint holds, so one can be picked and verified without loading it.
 
-The manifest sits beside the checkpoints and is rewritten atomically after every save::
+The manifest sits beside the checkpoints (``folder.py`` reads and writes it, atomically, after every save)::
 
     {"format": 1,
      "checkpoints": [{"file": "kaggle_epoch_2_20261126-031500.ckpt", "epoch": 2, "global_step": 96,
@@ -18,16 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-from lightning_app.atomic import write_bytes_atomically
-
-MANIFEST_NAME = "manifest.json"
 FORMAT = 1
-CHECKPOINT_GLOB = "kaggle_epoch_*.ckpt"
-_NAME_RE = re.compile(r"^kaggle_epoch_(?P<epoch>\d+)_(?P<timestamp>\d{8}-\d{6})(?:-(?P<seq>\d+))?\.ckpt$")
 
 
 @dataclass
@@ -46,6 +39,7 @@ class CheckpointEntry:
     best: bool = False  # the run's best by ``--checkpoint.monitor``: kept by retention
     metrics: dict[str, float] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
+    total_steps: int = 0  # the step the run's schedule ends at: the run is finished there (0: not known)
 
     @property
     def order_key(self) -> tuple[str, int, str]:
@@ -57,15 +51,6 @@ class CheckpointEntry:
     def from_dict(cls, data: dict) -> CheckpointEntry:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
-
-
-def parse_checkpoint_name(name: str) -> tuple[int, str] | None:
-    """``kaggle_epoch_3_20261126-031500.ckpt`` -> ``(3, "20261126-031500")``; None for other names."""
-    match = _NAME_RE.match(name)
-    if match is None:
-        return None
-    timestamp = match["timestamp"] + (f"-{int(match['seq']):02d}" if match["seq"] else "")
-    return int(match["epoch"]), timestamp
 
 
 def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -84,20 +69,10 @@ class Manifest:
         self.retired: set[str] = set(retired or ())
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> Manifest | None:
-        """Read ``folder/manifest.json``; None when it is missing or unreadable (callers then scan files)."""
-        path = Path(folder) / MANIFEST_NAME
-        try:
-            data = json.loads(path.read_text())
-            entries = [CheckpointEntry.from_dict(e) for e in data.get("checkpoints", [])]
-            return cls(entries, set(data.get("retired", [])))
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        path = Path(folder) / MANIFEST_NAME
-        write_bytes_atomically(path, self.to_json().encode())
-        return path
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        entries = [CheckpointEntry.from_dict(e) for e in data.get("checkpoints", [])]
+        return cls(entries, set(data.get("retired", [])))
 
     def to_json(self) -> str:
         ordered = sorted(self.entries.values(), key=lambda e: e.order_key)

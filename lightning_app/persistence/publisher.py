@@ -2,8 +2,8 @@
 
 At most one publish is in flight; a newer job replaces one still waiting. Failures are retried with backoff
 (`retry.retry_call`) and reported; a refused credential or a refused dataset name stops publishing with one
-warning. A version the store accepted but is still processing (``PublishedVersion.pending``) is not retried:
-while nothing newer waits, the worker asks the store's ``confirm()`` again with growing pauses. A version whose
+warning. A version the store accepted but is still processing (``PublishedVersion.processing``) is not retried:
+while nothing newer waits, the worker asks the store's `confirm` again with growing pauses. A version whose
 processing failed is reported once and never re-uploaded; the next checkpoint is published as usual. Nothing
 here raises into the caller's thread.
 """
@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from lightning_app.persistence.folder import CheckpointFolder
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.retry import next_poll, retry_call
-from lightning_app.persistence.staging import discard
-from lightning_app.persistence.store_protocol import (
+from lightning_app.persistence.store import (
     AuthError,
     CheckpointStore,
     ProcessingFailedError,
@@ -72,7 +72,7 @@ class BackgroundPublisher:
         self._on_published = on_published
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._waiting: PublishJob | None = None
+        self._queued: PublishJob | None = None
         self._in_flight: PublishJob | None = None
         self._newest: CheckpointEntry | None = None
         self._confirm_interval = confirm_interval
@@ -90,18 +90,24 @@ class BackgroundPublisher:
         """Queue ``job``; a job still waiting is replaced (its staged folder discarded)."""
         with self._cond:
             if self.disabled or self._stop.is_set():
-                discard(job.folder)
+                CheckpointFolder.discard_staged(job.folder)
                 return
-            replaced, self._waiting, self._newest = self._waiting, job, job.entry
+            replaced, self._queued, self._newest = self._queued, job, job.entry
             self._cond.notify_all()
         if replaced is not None:
-            discard(replaced.folder)
+            CheckpointFolder.discard_staged(replaced.folder)
+
+    def in_flight_files(self) -> set[str]:
+        """The names of the files the publish in flight is uploading (none when nothing is in flight)."""
+        with self._cond:
+            job = self._in_flight
+        return {p.name for p in job.folder.iterdir()} if job is not None and job.folder.is_dir() else set()
 
     @property
-    def pending(self) -> CheckpointEntry | None:
-        """The newest checkpoint not yet published (waiting or in flight), if any."""
+    def uploading(self) -> CheckpointEntry | None:
+        """The newest checkpoint being uploaded (queued or in flight), if any."""
         with self._cond:
-            job = self._waiting or self._in_flight
+            job = self._queued or self._in_flight
             return job.entry if job else None
 
     def newest_is_published(self) -> bool:
@@ -113,7 +119,7 @@ class BackgroundPublisher:
         """Wait up to ``timeout`` s for the newest submitted checkpoint to be published; True if it was."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while (self._waiting or self._in_flight or self.processing) and not self.disabled:
+            while (self._queued or self._in_flight or self.processing) and not self.disabled:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -125,13 +131,11 @@ class BackgroundPublisher:
         worker is given up to ``timeout`` s to end; never blocks longer than that."""
         with self._cond:
             self._stop.set()
-            waiting, self._waiting = self._waiting, None
+            waiting, self._queued = self._queued, None
             self._cond.notify_all()
         if waiting is not None:
-            discard(waiting.folder)
-        cancel = getattr(self.store, "cancel", None)
-        if cancel is not None:
-            cancel()
+            CheckpointFolder.discard_staged(waiting.folder)
+        self.store.cancel()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -139,15 +143,15 @@ class BackgroundPublisher:
         pause = self._confirm_interval
         while True:
             with self._cond:
-                if self._waiting is None and not self._stop.is_set():
+                if self._queued is None and not self._stop.is_set():
                     self._cond.wait(pause if self.processing is not None else None)
                 if self._stop.is_set():
                     return
-                job = self._waiting
+                job = self._queued
                 if job is None and self.processing is None:
                     continue  # woken with nothing to do
                 if job is not None:
-                    self._waiting, self._in_flight = None, job
+                    self._queued, self._in_flight = None, job
             if job is None:  # nothing newer waits: ask again about the version still processing
                 pause = self._confirm(pause)
                 continue
@@ -155,22 +159,22 @@ class BackgroundPublisher:
             failed = self._publish(job)
             with self._cond:
                 self._in_flight = None
-                retry_later = failed and self._waiting is None and not self._stop.is_set()
+                retry_later = failed and self._queued is None and not self._stop.is_set()
                 if retry_later:
-                    self._waiting = job  # nothing newer came: try this one again after a pause
+                    self._queued = job  # nothing newer came: try this one again after a pause
                 self._cond.notify_all()
             if retry_later:
                 self._stop.wait(self._max_delay)
             else:
-                discard(job.folder)
+                CheckpointFolder.discard_staged(job.folder)
 
     def _confirm(self, pause: float) -> float:
         """One ``store.confirm()`` about ``self.processing``; returns the pause before the next one."""
-        processing, confirm = self.processing, getattr(self.store, "confirm", None)
-        if processing is None or confirm is None:
+        processing = self.processing
+        if processing is None:
             return self._confirm_interval
         try:
-            version = confirm()
+            version = self.store.confirm()
         except ProcessingFailedError as error:
             self._processing_failed(processing.entry, error)
             return self._confirm_interval
@@ -194,13 +198,13 @@ class BackgroundPublisher:
 
     def _record(self, published: Published) -> None:
         with self._cond:
-            if published.version.pending:
+            if published.version.processing:
                 self.processing = published
             else:
                 self.last_published, self.processing = published, None
             self.last_error = None
             self._cond.notify_all()
-        if not published.version.pending and self._on_published is not None:
+        if not published.version.processing and self._on_published is not None:
             self._on_published(published)
 
     def _publish(self, job: PublishJob) -> bool:
@@ -236,7 +240,7 @@ class BackgroundPublisher:
         number = f"version {version.number}" if version.number is not None else "a new version"
         stored = f"; the dataset holds {version.stored_bytes / 1e6:.1f} MB" if version.stored_bytes is not None else ""
         sent = f"{version.bytes_sent / 1e6:.1f} MB in {version.seconds:.1f} s{stored}"
-        if version.pending:
+        if version.processing:
             log.info(f"Uploaded {job.entry.file} to {self.store.description} ({sent}); Kaggle is still processing it")
         else:
             log.info(f"Published {job.entry.file} as {number} of {self.store.description} ({sent})")

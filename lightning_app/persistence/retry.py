@@ -5,7 +5,7 @@
   ``NotFoundError`` and every other error propagate at once: trying again cannot help.
 - Waiting for the service (the previous version still processing, a new one not confirmed yet) is not a failure:
   its pauses grow by `POLL_GROWTH` up to a cap (`next_poll`), within a stated total bound.
-- The ``kaggle`` client's own retry loop is switched off (`kaggle_calls.connect`): each call in a child process
+- The ``kaggle`` client's own retry loop is switched off (``kaggle/client.py``): each call in a child process
   is one bounded attempt, and only this module decides whether there is another.
 
 Every wait goes through an ``Event.wait`` that ``close()`` sets, so a shutting-down trainer is never held up by
@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from lightning_app.persistence.store_protocol import TransientError
+from lightning_app.persistence.store import TransientError
 
 T = TypeVar("T")
 #: The longest ``Retry-After`` honoured (seconds).
@@ -77,6 +78,7 @@ def retry_call(
     stop: threading.Event | None = None,
     on_retry: Callable[[int, float, Exception], None] | None = None,
     rng: random.Random | None = None,
+    deadline: float | None = None,
 ) -> T:
     """Call ``fn`` until it returns, retrying only ``TransientError`` (never sooner than its ``retry_after``).
 
@@ -90,12 +92,14 @@ def retry_call(
         stop: when set (before or during a wait), the last error is raised at once.
         on_retry: called as ``on_retry(failed_attempt, delay, error)`` before each wait (attempts count from 1).
         rng: random source of the jitter.
+        deadline: a ``time.monotonic()`` after which no attempt starts: a wait (or a ``Retry-After``) that would
+            end past it raises the last error at once.
 
     Returns:
         What ``fn`` returned.
 
     Raises:
-        TransientError: the last one, when every attempt failed or ``stop`` was set.
+        TransientError: the last one, when every attempt failed, ``stop`` was set or the deadline would pass.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be >= 1; got {attempts!r}")
@@ -108,6 +112,8 @@ def retry_call(
             if attempt == attempts or (stop is not None and stop.is_set()):
                 raise
             delay = max(backoff.delay(attempt - 1), min(error.retry_after or 0.0, _MAX_RETRY_AFTER))
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise
             if on_retry is not None:
                 on_retry(attempt, delay, error)
             if wait(delay):

@@ -11,6 +11,7 @@ import pytest
 from callbacks.checkpoint import SavedCheckpoint
 from callbacks.kaggle_sync import KaggleDatasetSync
 from lightning_app.persistence.directory_store import DirectoryStore
+from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.publisher import BackgroundPublisher
 from tests.cli_helpers import cli_env, fit_args, run
@@ -24,7 +25,7 @@ def test_the_best_checkpoint_is_kept_marked_and_is_what_ckpt_path_best_loads(tmp
     flags = ("--checkpoint.monitor", "val_loss", "--checkpoint.mode", "max", "--checkpoint.keep_last", "1")
     trained = run(fit_args(*flags), tmp_path, env)
     assert trained.returncode == 0, trained.stderr[-3000:]
-    entries = Manifest.load(tmp_path / "checkpoints").newest_first()
+    entries = read_manifest(tmp_path / "checkpoints").newest_first()
     assert len(entries) == 2, [e.file for e in entries]
     newest, best = entries
     assert best.best and not newest.best
@@ -66,8 +67,8 @@ def _saved(folder: Path, manifest: Manifest, epoch: int, best: bool) -> SavedChe
         if best and other.best:
             manifest.add(replace(other, best=False))
     manifest.add(entry)
-    manifest.save(folder)
-    return SavedCheckpoint(folder / name, entry, folder)
+    write_manifest(folder, manifest)
+    return SavedCheckpoint(folder / name, entry, CheckpointFolder(folder), tuple(manifest.newest_first("run")))
 
 
 def test_upload_best_adds_the_best_to_the_first_version_after_it_changed_and_never_again(tmp_path):
@@ -117,7 +118,7 @@ def test_upload_best_through_the_real_client_never_uploads_an_unchanged_best_twi
     assert result.returncode == 0, result.stderr[-3000:]
     (ref,) = fake_kaggle.datasets
     held = [sorted(n for n in v.files if n.endswith(".ckpt")) for v in fake_kaggle.versions(ref)]
-    best = Manifest.load(tmp_path / "checkpoints").best()
+    best = read_manifest(tmp_path / "checkpoints").best()
     assert best is not None and best.epoch == 0
     assert [len(files) for files in held] == [1, 1, 1]
     assert held[0] == [best.file] and all(best.file not in files for files in held[1:])

@@ -16,7 +16,8 @@ from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.data import SyntheticDataModule
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import snapshot
-from lightning_app.persistence.manifest import Manifest, parse_checkpoint_name, sha256_of
+from lightning_app.persistence.folder import parse_checkpoint_name, read_manifest
+from lightning_app.persistence.manifest import sha256_of
 
 NAME = re.compile(r"^kaggle_epoch_(\d+)_(\d{8}-\d{6})(-\d{2})?\.ckpt$")
 
@@ -53,7 +54,7 @@ def test_names_manifest_and_retention(tmp_path):
 
     assert [s.entry.global_step for s in seen] == [3, 6, 8, 9, 12, 15, 16]
     assert [s.entry.end_of_epoch for s in seen] == [False, False, True, False, False, False, True]
-    manifest = Manifest.load(folder)
+    manifest = read_manifest(folder)
     kept = manifest.newest_first()
     assert [e.global_step for e in kept] == [16, 15]
     on_disk = sorted(p.name for p in folder.glob("kaggle_epoch_*.ckpt"))
@@ -77,12 +78,12 @@ def test_names_manifest_and_retention(tmp_path):
 def _assert_complete(saved: SavedCheckpoint) -> None:
     # A listener runs after the file is complete and the manifest lists it.
     assert saved.path.is_file() and sha256_of(saved.path) == saved.entry.sha256
-    assert saved.entry.file in Manifest.load(saved.folder).entries
+    assert saved.entry.file in read_manifest(saved.folder.path).entries
 
 
 def test_names_are_unique_within_one_second_and_never_reused(tmp_path, monkeypatch):
-    import lightning_app.persistence.checkpoint_folder as module
-    from lightning_app.persistence.checkpoint_folder import CheckpointFolder
+    import lightning_app.persistence.folder as module
+    from lightning_app.persistence.folder import CheckpointFolder
     from lightning_app.persistence.manifest import CheckpointEntry
 
     class _FrozenClock(datetime):
@@ -125,7 +126,7 @@ def test_a_failed_write_is_reported_and_training_goes_on(tmp_path, monkeypatch, 
         trainer = _fit(tmp_path, checkpoint, epochs=2)
     assert trainer.current_epoch == 2
     assert "No space left on device" in caplog.text and "training continues" in caplog.text
-    assert [e.epoch for e in Manifest.load(tmp_path / "ckpt").newest_first()] == [1]
+    assert [e.epoch for e in read_manifest(tmp_path / "ckpt").newest_first()] == [1]
 
 
 @pytest.mark.parametrize("bad", [{"keep_last": 0}, {"every_n_train_steps": 0}, {"train_time_interval": "-5s"}])

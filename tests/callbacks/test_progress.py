@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -22,8 +23,9 @@ class FakeSync(Callback):
     def __init__(self, text: str = "v3@96 uploading step 128") -> None:
         self.text = text
 
-    def status(self) -> str:
-        return self.text
+    @property
+    def state(self) -> SimpleNamespace:  # what the bar reads of KaggleDatasetSync.state
+        return SimpleNamespace(bar_text=self.text)
 
 
 class FakeDeadline(Callback):

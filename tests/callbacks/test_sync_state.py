@@ -10,10 +10,11 @@ import pytest
 
 from callbacks.checkpoint import SavedCheckpoint
 from callbacks.kaggle_sync import KaggleDatasetSync
-from lightning_app.persistence.kaggle_store import KaggleDatasetStore
+from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
+from lightning_app.persistence.kaggle.store import KaggleDatasetStore
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.publisher import BackgroundPublisher, Published
-from lightning_app.persistence.store_protocol import AuthError, PublishedVersion, RefusedError
+from lightning_app.persistence.store import AuthError, PublishedVersion, RefusedError
 from lightning_app.persistence.sync_state import SyncState
 from tests.support.waiting import wait_for
 
@@ -29,10 +30,11 @@ def _save(folder: Path, step: int) -> SavedCheckpoint:
     entry = _entry(step)
     folder.mkdir(exist_ok=True)
     (folder / entry.file).write_bytes(bytes([step]) * 500)
-    manifest = Manifest.load(folder) or Manifest()
+    manifest = read_manifest(folder) or Manifest()
     manifest.add(entry)
-    manifest.save(folder)
-    return SavedCheckpoint(folder / entry.file, entry, folder)
+    write_manifest(folder, manifest)
+    run_entries = tuple(manifest.newest_first(entry.run_id))
+    return SavedCheckpoint(folder / entry.file, entry, CheckpointFolder(folder), run_entries)
 
 
 def test_a_stalled_upload_makes_the_run_not_safe_with_one_warning_per_checkpoint(
@@ -53,12 +55,14 @@ def test_a_stalled_upload_makes_the_run_not_safe_with_one_warning_per_checkpoint
         assert warnings == [
             f"Checkpoints are NOT SAFE (3 checkpoints unpublished): {_entry(3).file} is only in {folder}"
         ]
-        assert sync.status() == "NOT SAFE (3 checkpoints unpublished)"
+        assert sync.state.bar_text == "NOT SAFE (3 checkpoints unpublished)"
         wait_for(lambda: fake_kaggle.faults.holding(), what="the first publish to reach the server and stall")
         fake_kaggle.release()
         assert sync.publisher.flush(timeout=120.0)
         state = sync.state
-        assert state.unsafe is None and state.behind == 0 and sync.status() == "v2@3"  # checkpoint 1 (retried), then 3
+        assert (
+            state.unsafe is None and state.behind == 0 and sync.state.bar_text == "v2@3"
+        )  # checkpoint 1 (retried), then 3
         assert state.final_line(folder) == f"Final checkpoint {_entry(3).file} published as version 2 of {REF}"
     finally:
         sync.publisher.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.folder import read_manifest
 from tests.cli_helpers import (
     RESUME_FLAGS,
     assert_same_training_state,
@@ -48,7 +48,7 @@ def test_ddp_ranks_on_different_streams_resume_to_the_same_weights(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:]
     killed = _ddp_run(work, "--config", str(_callbacks_config(work, DRAW, KILL)))
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
-    assert max(e.global_step for e in Manifest.load(work / "checkpoints").entries.values()) == 20
+    assert max(e.global_step for e in read_manifest(work / "checkpoints").entries.values()) == 20
     resumed = _ddp_run(work, "--resume", "--config", str(_callbacks_config(work, DRAW)))
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "(epoch 1, step 20)" in resumed.stdout  # 16 steps per epoch per rank: mid-epoch

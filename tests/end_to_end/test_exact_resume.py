@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.folder import read_manifest
 from tests.cli_helpers import RESUME_FLAGS as FLAGS
 from tests.cli_helpers import (
     assert_same_training_state,
@@ -40,7 +40,7 @@ def _killed_then_resumed(tmp_path: Path, kind: str, step: int) -> tuple[Path, in
     env = cli_env(tmp_path / "home")
     killed = run(fit_args(*FLAGS, "--config", str(kill_config(tmp_path, kind, step))), tmp_path, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    before = Manifest.load(tmp_path / "checkpoints")
+    before = read_manifest(tmp_path / "checkpoints")
     newest_before = max(e.global_step for e in before.entries.values())
     first_session = _logged_losses(tmp_path / "logs")
     resumed = run(fit_args(*FLAGS, "--resume"), tmp_path, env)
@@ -113,7 +113,7 @@ def test_kill_between_checkpoints(tmp_path, uninterrupted):
 def test_truncated_newest_checkpoint_is_skipped_with_a_warning(tmp_path, uninterrupted):
     work = tmp_path
     shutil.copytree(uninterrupted / "checkpoints", work / "checkpoints")
-    manifest = Manifest.load(work / "checkpoints")
+    manifest = read_manifest(work / "checkpoints")
     newest, previous = manifest.newest_first()[:2]
     path = work / "checkpoints" / newest.file
     path.write_bytes(path.read_bytes()[: newest.size // 2])

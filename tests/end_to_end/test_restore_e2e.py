@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.manifest import MANIFEST_NAME, Manifest
+from lightning_app.persistence.folder import MANIFEST_NAME, read_manifest, write_manifest
 from tests.cli_helpers import (
     RESUME_FLAGS,
     assert_same_training_state,
@@ -46,7 +46,7 @@ def test_session_two_resumes_from_an_attached_input_in_the_new_mount_layout(tmp_
     mount.mkdir(parents=True)
     newest = newest_checkpoint(first / "checkpoints")
     shutil.copy2(newest, mount / newest.name)
-    Manifest.load(first / "checkpoints").subset([newest.name]).save(mount)
+    write_manifest(mount, read_manifest(first / "checkpoints").subset([newest.name]))
     for path in [mount, *mount.iterdir()]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     before = _tree_state(tmp_path / "input")
@@ -61,7 +61,7 @@ def test_session_two_resumes_from_an_attached_input_in_the_new_mount_layout(tmp_
     assert resumed_step(output) == 50
     assert f"found in {mount}" in output
     assert _tree_state(tmp_path / "input") == before, "the read-only input was written to"
-    new = [e for e in Manifest.load(second / "checkpoints").entries.values() if e.file != newest.name]
+    new = [e for e in read_manifest(second / "checkpoints").entries.values() if e.file != newest.name]
     assert new and min(e.global_step for e in new) > 50, "the resumed run saved at or before its start"
     assert_same_training_state(
         load(newest_checkpoint(second / "checkpoints")), load(newest_checkpoint(uninterrupted / "checkpoints"))
@@ -99,7 +99,7 @@ def test_a_two_process_ddp_run_restores_once(tmp_path, fake_kaggle):
     assert resumed.returncode == 0, output[-3000:]
     assert len(fake_kaggle.calls("DownloadDataset")) == 1, "more than one process downloaded"
     assert output.count("Resuming from") == 1
-    assert min(e.global_step for e in Manifest.load(second / "checkpoints").entries.values()) >= 32
+    assert min(e.global_step for e in read_manifest(second / "checkpoints").entries.values()) >= 32
 
 
 def test_resuming_a_different_model_is_refused_in_one_line(tmp_path):

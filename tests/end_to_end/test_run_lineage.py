@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.folder import read_manifest
 from tests.cli_helpers import (
     RESUME_FLAGS,
     assert_same_training_state,
@@ -31,7 +31,7 @@ def _files(folder: Path) -> dict[str, str]:
 
 
 def _run_ids(folder: Path) -> set[str]:
-    return {e.run_id for e in Manifest.load(folder).entries.values()}
+    return {e.run_id for e in read_manifest(folder).entries.values()}
 
 
 def test_a_new_run_beside_another_leaves_it_alone_publishes_itself_and_resumes_exactly(
@@ -50,7 +50,7 @@ def test_a_new_run_beside_another_leaves_it_alone_publishes_itself_and_resumes_e
     killed = run(fit_args(*RESUME_FLAGS, "--checkpoint.keep_last", "2", "--config", str(kill)), tmp_path, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     (new_id,) = _run_ids(folder) - {other_id}
-    new_entries = Manifest.load(folder).newest_first(new_id)
+    new_entries = read_manifest(folder).newest_first(new_id)
     assert [e.global_step for e in new_entries] == [50, 40], "retention must keep the new run's own newest two"
     published = fake_kaggle.versions(ref)[versions_before:]
     assert published, "the new run published nothing"
@@ -72,7 +72,7 @@ def test_resuming_an_older_checkpoint_keeps_the_resumed_runs_saves(tmp_path):
     env = cli_env(tmp_path / "home")
     first = run(fit_args(*RESUME_FLAGS, "--trainer.max_steps", "40"), tmp_path, env)
     assert first.returncode == 0, first.stderr[-3000:]
-    older = next(e for e in Manifest.load(tmp_path / "checkpoints").entries.values() if e.global_step == 10)
+    older = next(e for e in read_manifest(tmp_path / "checkpoints").entries.values() if e.global_step == 10)
     resumed = run(
         fit_args(
             *RESUME_FLAGS,
@@ -87,10 +87,10 @@ def test_resuming_an_older_checkpoint_keeps_the_resumed_runs_saves(tmp_path):
         env,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    kept = Manifest.load(tmp_path / "checkpoints").newest_first()
+    kept = read_manifest(tmp_path / "checkpoints").newest_first()
     assert [e.global_step for e in kept] == [30, 20], "the resumed run's own checkpoints were deleted on arrival"
     assert all((tmp_path / "checkpoints" / e.file).is_file() for e in kept)
-    names = [e.file for e in kept] + sorted(Manifest.load(tmp_path / "checkpoints").retired)
+    names = [e.file for e in kept] + sorted(read_manifest(tmp_path / "checkpoints").retired)
     assert len(names) == len(set(names)), "a name was given to a second checkpoint"
 
 
@@ -126,7 +126,7 @@ def test_sigterm_on_an_epochs_last_batch_saves_that_step_whatever_every_n_epochs
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     assert "SIGTERM received" in output
-    steps = {e.global_step: e for e in Manifest.load(tmp_path / "checkpoints").entries.values()}
+    steps = {e.global_step: e for e in read_manifest(tmp_path / "checkpoints").entries.values()}
     assert 32 in steps and steps[32].end_of_epoch, f"no checkpoint of the stopped step: {sorted(steps)}"
     assert max(steps) == 32
 
@@ -137,7 +137,7 @@ def test_what_a_kill_at_the_worst_moment_leaves_is_cleaned_up_or_adopted_at_the_
     folder, sync = tmp_path / "checkpoints", ("--sync.directory", str(tmp_path / "store"))
     killed = run(fit_args(*RESUME_FLAGS, *sync, "--config", str(kill_config(tmp_path, kind, 20))), tmp_path, env)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    listed = {e.global_step for e in Manifest.load(folder).entries.values()}
+    listed = {e.global_step for e in read_manifest(folder).entries.values()}
     if kind == "KillBeforeManifest":
         assert listed == {10} and len(_files(folder)) == 2, "expected a complete step-20 file the manifest lacks"
     else:
@@ -151,5 +151,5 @@ def test_what_a_kill_at_the_worst_moment_leaves_is_cleaned_up_or_adopted_at_the_
         assert "adopted 1 complete checkpoints" in output
     else:
         assert "removed 1 leftovers of a killed run (.staging)" in output
-    assert set(_files(folder)) == set(Manifest.load(folder).entries), "a checkpoint file is not in the manifest"
+    assert set(_files(folder)) == set(read_manifest(folder).entries), "a checkpoint file is not in the manifest"
     assert not list(folder.glob(".*.tmp"))

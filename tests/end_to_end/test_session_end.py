@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.folder import read_manifest
 from tests.cli_helpers import (
     RESUME_FLAGS,
     assert_same_training_state,
@@ -46,7 +46,7 @@ def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    final = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
+    final = read_manifest(tmp_path / "checkpoints").newest_first()[0]
     assert final.global_step < 50 * 32, "the budget did not stop training"
     stopped = re.search(r"Stopp(?:ed at step (\d+)|ing after this epoch) to stay within the session budget", output)
     assert stopped, output[-3000:]
@@ -70,7 +70,7 @@ def test_sigterm_saves_publishes_and_exits_zero(tmp_path, fake_kaggle):
         process.kill()
     output = (tmp_path / "output.txt").read_text()
     assert "SIGTERM received" in output
-    final = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
+    final = read_manifest(tmp_path / "checkpoints").newest_first()[0]
     assert final.global_step > published_before
     assert final.global_step < 50 * 32
     assert _newest_version_step(fake_kaggle) == final.global_step, "the newest version lacks the last checkpoint"
@@ -132,7 +132,7 @@ def test_three_sessions_end_where_one_uninterrupted_run_ends(tmp_path, fake_kagg
 
 
 NOTEBOOK_CELL = """
-from lightning_app.cli import main
+from lightning_app.commands import main
 main(["fit", "--config", {config!r}, "--trainer.devices", "2", "--trainer.strategy", "ddp_notebook",
       "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "{epochs}", *{extra!r}])
 """
@@ -151,4 +151,4 @@ def test_ddp_notebook_from_inside_the_notebook_process_trains_and_resumes(tmp_pa
     output = second.stdout + second.stderr
     assert second.returncode == 0, output[-3000:]
     assert output.count("Resuming from kaggle_epoch_0_") == 1  # restored once, before the workers were forked
-    assert [e.epoch for e in Manifest.load(tmp_path / "checkpoints").newest_first()][:2] == [1, 0]
+    assert [e.epoch for e in read_manifest(tmp_path / "checkpoints").newest_first()][:2] == [1, 0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.folder import read_manifest
 from tests.cli_helpers import cli_env, fit_args, run
 from tests.fake_kaggle import FakeKaggle
 
@@ -30,7 +30,7 @@ def _only_dataset(fake: FakeKaggle):
 
 def _assert_newest_version_holds_final_checkpoint(tmp_path: Path, fake: FakeKaggle) -> None:
     _ref, _dataset, versions = _only_dataset(fake)
-    local = Manifest.load(tmp_path / "checkpoints").newest_first()[0]
+    local = read_manifest(tmp_path / "checkpoints").newest_first()[0]
     newest = versions[-1]
     assert set(newest.files) == {local.file, "manifest.json"}
     assert newest.files[local.file] == (tmp_path / "checkpoints" / local.file).read_bytes()
@@ -47,7 +47,7 @@ def test_three_epochs_make_one_private_dataset_with_three_versions(tmp_path, fak
     assert ref.startswith("fake-user/sinusoidal-tiny-") and ref.endswith("-checkpoints")
     assert dataset.is_private
     assert len(versions) == 3
-    local = Manifest.load(tmp_path / "checkpoints")
+    local = read_manifest(tmp_path / "checkpoints")
     for version, epoch in zip(versions, range(3)):
         checkpoints = [name for name in version.files if name.endswith(".ckpt")]
         assert len(checkpoints) == 1 and checkpoints[0].startswith(f"kaggle_epoch_{epoch}_")
@@ -99,8 +99,8 @@ def test_wrong_credentials_warn_once_and_keep_local_checkpoints(tmp_path, fake_k
     result, output = _fit(tmp_path, fake_kaggle)
     assert result.returncode == 0, output[-3000:]
     assert output.count("Checkpoint sync stopped") == 1
-    newest = Manifest.load(tmp_path / "checkpoints").newest_first()[0].file
-    assert len(Manifest.load(tmp_path / "checkpoints").entries) == 3
+    newest = read_manifest(tmp_path / "checkpoints").newest_first()[0].file
+    assert len(read_manifest(tmp_path / "checkpoints").entries) == 3
     assert not fake_kaggle.datasets
     last = output.splitlines()[-1]
     assert last.startswith(f"Final checkpoint {newest} NOT published: credentials refused (")

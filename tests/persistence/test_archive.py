@@ -6,8 +6,8 @@ import zipfile
 
 import pytest
 
-from lightning_app.persistence.archive import safe_extract
-from lightning_app.persistence.store_protocol import StoreError
+from lightning_app.persistence.kaggle.archive import safe_extract
+from lightning_app.persistence.store import StoreError
 
 
 def _zip(path, members: dict[str, bytes]):

@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from lightning_app.persistence import credentials
-from lightning_app.persistence.credentials import KaggleCredentials, find_credentials, redact_secrets
+from lightning_app.persistence.kaggle import credentials
+from lightning_app.persistence.kaggle.credentials import KaggleCredentials, find_credentials, redact_secrets
 
 KEY = "0123456789abcdef0123456789abcdef"
 VARS = (

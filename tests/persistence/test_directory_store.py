@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lightning_app.persistence.directory_store import NOTES_NAME, DirectoryStore
-from lightning_app.persistence.store_protocol import (
+from lightning_app.persistence.store import (
     CheckpointStore,
     NotFoundError,
     RemoteFile,

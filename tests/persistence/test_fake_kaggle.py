@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from lightning_app.persistence.kaggle_calls import _status
+from lightning_app.persistence.kaggle.client import dataset_state as _status
 
 REF = "fake-user/test-dataset"
 

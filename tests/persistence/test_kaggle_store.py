@@ -7,10 +7,11 @@ import random
 import pytest
 
 from lightning_app.errors import ConfigError
-from lightning_app.persistence.credentials import find_credentials
-from lightning_app.persistence.kaggle_store import METADATA_NAME, KaggleDatasetStore
+from lightning_app.persistence.kaggle.credentials import find_credentials
+from lightning_app.persistence.kaggle.names import METADATA_NAME
+from lightning_app.persistence.kaggle.store import KaggleDatasetStore
 from lightning_app.persistence.retry import retry_call
-from lightning_app.persistence.store_protocol import (
+from lightning_app.persistence.store import (
     AuthError,
     CheckpointStore,
     NotFoundError,

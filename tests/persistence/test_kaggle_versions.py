@@ -8,11 +8,10 @@ import logging
 
 import pytest
 
-from lightning_app.persistence import kaggle_calls, kaggle_versions
-from lightning_app.persistence.kaggle_store import KaggleDatasetStore
+from lightning_app.persistence.kaggle.store import KaggleDatasetStore
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, PublishJob
-from lightning_app.persistence.store_protocol import ProcessingFailedError, RefusedError
+from lightning_app.persistence.store import ProcessingFailedError, RefusedError
 
 REF = "fake-user/lm-checkpoints"
 
@@ -52,13 +51,13 @@ def test_a_lagging_version_is_pending_then_confirmed_without_a_second_upload(sto
     else:
         fake_kaggle.processing_delay(store.settle_polls + 3)  # "pending"; current_version_number stays empty
     published = store.publish(stage("one", {"a.ckpt": b"1" * 100}), "one")
-    assert published.pending and published.number is None and published.bytes_sent == 100
+    assert published.processing and published.number is None and published.bytes_sent == 100
     if lag == "processing":  # the newest *processed* version: none yet, so the field is left out
         query = {"ownerSlug": "fake-user", "datasetSlug": "lm-checkpoints"}
         assert "currentVersionNumber" not in fake_kaggle.state.rpc("GetDataset", "fake-user", query).body
     assert store.confirm() is None  # still lagging: asked once, not yet
     confirmed = _confirm(store)
-    assert confirmed.number == 1 and not confirmed.pending and confirmed.bytes_sent == 0
+    assert confirmed.number == 1 and not confirmed.processing and confirmed.bytes_sent == 0
     assert [f.name for f in confirmed.files] == ["a.ckpt"]
     assert _creates(fake_kaggle) == [200] and len(fake_kaggle.calls("PUT")) == 1
     assert store.confirm() is None  # nothing pending any more
@@ -108,19 +107,9 @@ def test_processing_that_fails_after_an_ok_create_warns_once_and_the_next_checkp
 def test_a_pending_version_whose_processing_fails_is_reported_by_confirm(store, stage, fake_kaggle):
     fake_kaggle.processing_delay(store.settle_polls + 1)
     fake_kaggle.fail_processing(1)
-    assert store.publish(stage("one", {"a.ckpt": b"1"}), "one").pending
+    assert store.publish(stage("one", {"a.ckpt": b"1"}), "one").processing
     with pytest.raises(ProcessingFailedError, match="storage quota"):
         _confirm(store)
-
-
-def test_kaggle_16_error_status_counts_as_settled_and_failed():
-    class Api16:  # kaggle 1.6: dataset_status takes no format and answers raw strings
-        def dataset_status(self, ref):
-            return "error"
-
-    assert "error" in kaggle_calls.SETTLED
-    result = kaggle_versions.settle(Api16(), REF, 0, {"a.ckpt": 1}, polls=1, pause=0)
-    assert result["outcome"] == "failed" and result["status"] == "error"
 
 
 def test_403_of_a_new_datasets_first_version_is_retried_within_a_bound(store, stage, fake_kaggle):

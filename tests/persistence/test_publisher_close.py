@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.kaggle_store import KaggleDatasetStore
+from lightning_app.persistence.kaggle.store import KaggleDatasetStore
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, PublishJob
 from tests.cli_helpers import REPO, cli_env, fit_args, run
@@ -80,7 +80,7 @@ def test_store_cancel_ends_the_publish_in_progress(kaggle_env, fake_kaggle, tmp_
 SCRIPT = """
 import sys, threading, time
 from pathlib import Path
-from lightning_app.persistence import kaggle_store
+from lightning_app.persistence.kaggle import store as kaggle_store
 store = kaggle_store.KaggleDatasetStore("fake-user/lm-checkpoints", call_timeout=60.0)
 threading.Thread(target=store.publish, args=(Path(sys.argv[1]), "n"), daemon=True).start()
 while not store._calls._children:

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from lightning_app.persistence.kaggle_store import KaggleDatasetStore
+from lightning_app.persistence.kaggle.store import KaggleDatasetStore
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, PublishJob
 

@@ -12,8 +12,9 @@ from filelock import FileLock
 
 from lightning_app.errors import ConfigError
 from lightning_app.persistence.directory_store import DirectoryStore
+from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
-from lightning_app.persistence.restore import RestoreOptions, check_settings, collect, folder_lock, make_local
+from lightning_app.persistence.restore import RestoreOptions, check_settings, collect, folder_lock
 
 SETTINGS = {"pe_type": "rope", "model_size": "tiny", "vocab_size": 32}
 
@@ -25,11 +26,11 @@ def make_checkpoint(folder: Path, epoch: int, step: int, *, manifest: bool = Tru
     path = folder / f"kaggle_epoch_{epoch}_{stamp}.ckpt"
     torch.save({"global_step": step, "epoch": epoch, "hyper_parameters": dict(SETTINGS)}, path)
     if manifest:
-        found = Manifest.load(folder) or Manifest()
+        found = read_manifest(folder) or Manifest()
         found.add(
             CheckpointEntry(path.name, epoch, step, stamp, path.stat().st_size, sha256_of(path), settings=SETTINGS)
         )
-        found.save(folder)
+        write_manifest(folder, found)
     return path
 
 
@@ -92,9 +93,9 @@ def test_make_local_copies_and_never_writes_the_input(tmp_path):
     source = make_checkpoint(inputs, 1, 20)
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in inputs.iterdir()}
     inventory = collect(tmp_path / "work", RestoreOptions(input_dir=str(tmp_path / "input")))
-    local = make_local(inventory.chosen, tmp_path / "work")
+    local = CheckpointFolder(tmp_path / "work").adopt(inventory.chosen)
     assert local == tmp_path / "work" / source.name and local.read_bytes() == source.read_bytes()
-    assert source.name in Manifest.load(tmp_path / "work").entries
+    assert source.name in read_manifest(tmp_path / "work").entries
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in inputs.iterdir()} == before
 
 
@@ -119,8 +120,8 @@ def test_processes_that_restore_together_download_once(tmp_path):
 
     store = _remote(tmp_path, 1, 40)
     fetches = []
-    real_fetch = store.fetch
-    store.fetch = lambda dest, version=None: fetches.append(dest) or real_fetch(dest, version)
+    real_fetch = store.fetch_file
+    store.fetch_file = lambda name, dest, version: fetches.append(dest) or real_fetch(name, dest, version)
     results = []
     options = RestoreOptions(input_dir=str(tmp_path / "none"))
     work = tmp_path / "work"

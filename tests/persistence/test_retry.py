@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lightning_app.persistence.retry import Backoff, retry_call
-from lightning_app.persistence.store_protocol import AuthError, NotFoundError, StoreError, TransientError
+from lightning_app.persistence.store import AuthError, NotFoundError, StoreError, TransientError
 
 
 class Flaky:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lightning_app.errors import ConfigError
+from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
 from lightning_app.persistence.restore import RestoreOptions, collect, restore_newest
 
@@ -21,21 +22,21 @@ def make_checkpoint(folder: Path, step: int, stamp: str, run_id: str, settings: 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"kaggle_epoch_0_{stamp}.ckpt"
     torch.save({"global_step": step, "callbacks": {"KaggleModelCheckpoint": {"run_id": run_id}}}, path)
-    manifest = Manifest.load(folder) or Manifest()
+    manifest = read_manifest(folder) or Manifest()
     manifest.add(
         CheckpointEntry(
             path.name, 0, step, stamp, path.stat().st_size, sha256_of(path), run_id=run_id, settings=settings
         )
     )
-    manifest.save(folder)
+    write_manifest(folder, manifest)
     return path
 
 
 def test_a_retired_name_is_remembered_across_loads(tmp_path):
     manifest = Manifest([CheckpointEntry("kaggle_epoch_0_20261202-180329.ckpt", 0, 3, "20261202-180329")])
     manifest.discard("kaggle_epoch_0_20261202-180329.ckpt")
-    manifest.save(tmp_path)
-    reloaded = Manifest.load(tmp_path)
+    write_manifest(tmp_path, manifest)
+    reloaded = read_manifest(tmp_path)
     assert not reloaded.entries
     assert reloaded.ever_held("kaggle_epoch_0_20261202-180329.ckpt")
 
@@ -86,13 +87,11 @@ def test_a_file_without_a_manifest_is_placed_in_its_run(tmp_path):
 
 
 def test_leftovers_of_a_killed_run_are_removed_and_an_orphan_is_adopted(tmp_path):
-    from lightning_app.persistence.leftovers import clean_folder
-
     kept = make_checkpoint(tmp_path, 10, "20261202-100000", "run")
     orphan = make_checkpoint(tmp_path, 20, "20261202-100100", "run")
-    manifest = Manifest.load(tmp_path)
+    manifest = read_manifest(tmp_path)
     manifest.entries.pop(orphan.name)  # renamed into place, then killed before the manifest was written
-    manifest.save(tmp_path)
+    write_manifest(tmp_path, manifest)
     staged = tmp_path / ".staging" / "kaggle_epoch_0_20261202-090000-1a2b3c4d"
     staged.mkdir(parents=True)
     (staged / "deleted.ckpt").write_bytes(b"x" * 1000)  # the only link left to a checkpoint retention deleted
@@ -104,17 +103,16 @@ def test_leftovers_of_a_killed_run_are_removed_and_an_orphan_is_adopted(tmp_path
     (being_written / "archive").write_bytes(b"w" * 400)
     (tmp_path / "notes.txt").write_text("mine")
 
-    manifest = Manifest.load(tmp_path)
-    cleanup = clean_folder(tmp_path, manifest)
+    cleanup = CheckpointFolder(tmp_path).clean()
     removed = [".staging", f".{kept.name}.tmp", f".{kept.name}.k3j4h5", being_written.name]
     assert sorted(p.name for p in cleanup.removed) == sorted(removed)
     assert cleanup.freed_bytes == 1900
     assert cleanup.adopted == [orphan.name]
-    assert Manifest.load(tmp_path).entries[orphan.name].sha256 == sha256_of(orphan)
-    assert Manifest.load(tmp_path).entries[orphan.name].run_id == "run"
+    assert read_manifest(tmp_path).entries[orphan.name].sha256 == sha256_of(orphan)
+    assert read_manifest(tmp_path).entries[orphan.name].run_id == "run"
     assert kept.is_file() and (tmp_path / "notes.txt").is_file()
     assert "1.5 MB" not in cleanup.describe() and "0.0 MB freed" in cleanup.describe()
-    assert clean_folder(tmp_path, Manifest.load(tmp_path)).describe() == ""
+    assert CheckpointFolder(tmp_path).clean().describe() == ""
 
 
 def test_training_differences_name_each_changed_setting():

@@ -9,11 +9,10 @@ import types
 
 import pytest
 
-from callbacks.kaggle_sync import KaggleDatasetSync
 from lightning_app.experiment import experiment_name
-from lightning_app.persistence.credentials import secrets_fallback
-from lightning_app.persistence.kaggle_store import KaggleDatasetStore, login_username
-from lightning_app.persistence.store_protocol import AuthError, RefusedError
+from lightning_app.persistence.kaggle.credentials import secrets_fallback
+from lightning_app.persistence.kaggle.store import KaggleDatasetStore, login_username
+from lightning_app.persistence.store import AuthError, RefusedError, StoreOptions, make_store
 
 REF = "fake-user/lm-checkpoints"
 SESSION_TOKEN = "KGAT_session_" + "0" * 24
@@ -124,11 +123,11 @@ def test_a_token_run_publishes_under_the_tokens_user(kaggle_env, fake_kaggle, mo
     monkeypatch.delenv("KAGGLE_KEY")
     monkeypatch.setenv("KAGGLE_API_TOKEN", fake_kaggle.token)
     settings = {"pe_type": "rope", "model_size": "tiny"}
-    store = KaggleDatasetSync().store(settings, {})
+    store = make_store(StoreOptions(), experiment_name(settings, {})).store
     assert store is not None and store.dataset == f"{fake_kaggle.username}/{experiment_name(settings, {})}-checkpoints"
     fake_kaggle.fail_next(1, status=503, methods="IntrospectToken")  # a blip at login is retried, not fatal
-    assert KaggleDatasetSync().store(settings, {}).dataset == store.dataset
+    assert make_store(StoreOptions(), experiment_name(settings, {})).store.dataset == store.dataset
     caplog.set_level(logging.WARNING, "lightning_app.sync")
     fake_kaggle.refuse_credentials()
-    assert KaggleDatasetSync().store(settings, {}) is None
+    assert make_store(StoreOptions(), experiment_name(settings, {})).store is None
     assert "pass --sync.dataset OWNER/SLUG" in _sync_log(caplog) and fake_kaggle.token not in _sync_log(caplog)

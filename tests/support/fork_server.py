@@ -229,6 +229,6 @@ def _exit(code: int) -> None:
 
 
 if __name__ == "__main__":
-    import lightning_app.cli  # noqa: F401 - the imports every run shares: torch, Lightning, jsonargparse
+    import lightning_app.commands.fit  # noqa: F401 - the imports every run shares: torch, Lightning, jsonargparse
 
     _become(_serve(sys.argv[1]))

@@ -1,22 +1,23 @@
 """Find Kaggle credentials the way ``KaggleApi`` does, and say where they came from without ever holding the key.
 
-Order (kaggle 2.x; 1.6.x knows only 2 and 3):
+The client's order (kaggle 1.8 and 2.x; `tests/persistence/test_credentials_order.py` holds it against the
+installed client, so that a client release that changes it fails a test rather than a user):
 
-1. an access token: in a notebook the file named by ``KAGGLE_API_V1_TOKEN``, then ``KAGGLE_API_TOKEN`` (the token
-   or a file holding it), then ``~/.kaggle/access_token`` (or ``access_token.txt``);
-2. ``KAGGLE_USERNAME`` / ``KAGGLE_KEY`` environment variables;
-3. ``kaggle.json`` in ``$KAGGLE_CONFIG_DIR`` (default ``~/.kaggle`` if it exists, else ``~/.config/kaggle``),
-   then the OAuth credentials that ``kaggle auth login`` caches in ``~/.kaggle/credentials.json``;
-4. inside a Kaggle notebook only: Kaggle Secrets named ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``, exported into
-   ``os.environ`` so that the client (in this process and in child processes) finds them.
+1. an access token: in a notebook the session's token (the file named by ``KAGGLE_API_V1_TOKEN``), then
+   ``KAGGLE_API_TOKEN`` (the token or a file holding it), then ``~/.kaggle/access_token`` (or ``access_token.txt``);
+2. ``KAGGLE_USERNAME`` / ``KAGGLE_KEY`` environment variables (the legacy key);
+3. ``kaggle.json`` in ``$KAGGLE_CONFIG_DIR`` (default ``~/.kaggle`` if it exists, else ``~/.config/kaggle``), then
+   the OAuth credentials that ``kaggle auth login`` caches in ``~/.kaggle/credentials.json``.
 
-Inside a notebook the client prefers a token (the session's, or ``KAGGLE_API_TOKEN``) over the user's Secrets,
-and whether the session token may create datasets is not documented: `secrets_fallback` gives the environment
-in which the client uses the Secrets instead, for a store to try once when the preferred credential is refused.
+Inside a Kaggle notebook, when none of those is set, the user's Secrets are read, in this order: a Secret named
+``KAGGLE_API_TOKEN``, then the Secrets ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``; they are exported into
+``os.environ`` so that the client (in this process and in child processes) finds them. Whether a notebook's session
+token may create datasets is not documented: `secrets_fallback` gives the environment in which the client uses the
+user's Secrets instead, for a store to try once when the credential it prefers is refused.
 
 This process never imports the client (its import logs in, over the network for a token, and prints), so the
 order is read here from the same variables and files; what only a login can tell (the user a token belongs to)
-is asked of the client in a child process (``kaggle_versions.op_whoami``).
+is asked of the client in a child process (`Operation.WHOAMI`).
 
 Credentials are never command-line options. ``KaggleCredentials`` holds a username and a source, never a key.
 """
@@ -30,9 +31,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning_app.session import in_kaggle_notebook
+
+#: How to give this project credentials, the current way first; every line that names credentials uses it.
+NO_CREDENTIALS_ADVICE = (
+    "create an API token on kaggle.com (Settings -> API -> Create New Token) and set KAGGLE_API_TOKEN to it (in a "
+    "Kaggle notebook: Add-ons -> Secrets -> a Secret named KAGGLE_API_TOKEN); or, with a legacy API key, set "
+    "KAGGLE_USERNAME and KAGGLE_KEY (Secrets of those names in a notebook) or put kaggle.json in ~/.kaggle"
+)
 _REDACTED = "***"
-_SECRET_NAMES = ("KAGGLE_USERNAME", "KAGGLE_KEY")
-_SECRETS_SOURCE = "Kaggle Secrets KAGGLE_USERNAME/KAGGLE_KEY"
+_TOKEN_SECRET = "KAGGLE_API_TOKEN"
+_KEY_SECRETS = ("KAGGLE_USERNAME", "KAGGLE_KEY")
 
 
 @dataclass(frozen=True)
@@ -51,10 +60,10 @@ class KaggleCredentials:
 def find_credentials() -> KaggleCredentials | None:
     """The credentials ``KaggleApi`` would use, in its own order; None when there are none.
 
-    Inside a Kaggle notebook with no other credentials, Kaggle Secrets are read and exported into
+    Inside a Kaggle notebook with no other credentials, the user's Secrets are read and exported into
     ``os.environ`` (the only side effect).
     """
-    return _access_token() or _username_and_key() or _oauth_login() or _notebook_secrets()
+    return _access_token() or _username_and_key() or _oauth_login() or _from_notebook_secrets()
 
 
 @dataclass(frozen=True)
@@ -66,33 +75,59 @@ class Fallback:
 
 
 def secrets_fallback() -> Fallback | None:
-    """Inside a Kaggle notebook: the environment in which the client uses the user's Secrets instead of the token
-    it prefers now. None outside a notebook, without both Secrets, when the client already uses them, or when a
-    token file in ``~/.kaggle`` would still come first."""
+    """Inside a Kaggle notebook: the environment in which the client uses the user's Secrets (the token Secret
+    first, then the key) instead of the credential it prefers now. None outside a notebook, without Secrets, when
+    the client already uses them, or when a token file in ``~/.kaggle`` would still come before the key."""
+    current = _token_sources(os.environ)
+    for env, credentials in _secret_choices():
+        if env.get(_TOKEN_SECRET):  # an environment variable comes before every token file
+            in_use, blocked = bool(current) and current[0][0] == env[_TOKEN_SECRET], False
+        else:
+            in_use = not current and all(os.environ.get(name) == env[name] for name in _KEY_SECRETS)
+            changed = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
+            blocked = bool(_token_sources(changed))
+        if not (in_use or blocked):
+            return Fallback(env, credentials)
+    return None
+
+
+def _secret_choices() -> list[tuple[dict[str, str | None], KaggleCredentials]]:
+    """The notebook's Secrets as environments, the token first."""
     secrets = notebook_secrets()
-    if secrets is None:
-        return None
-    env = {"KAGGLE_API_TOKEN": None, "KAGGLE_API_V1_TOKEN": None, **secrets}
-    changed = {name: value for name, value in {**os.environ, **env}.items() if value is not None}
-    in_use = not _token_sources(os.environ) and all(os.environ.get(k) == v for k, v in secrets.items())
-    if in_use or _token_sources(changed):
-        return None  # the client uses the Secrets already, or a token file would still come first
-    return Fallback(env, KaggleCredentials(secrets["KAGGLE_USERNAME"], _SECRETS_SOURCE))
+    choices: list[tuple[dict[str, str | None], KaggleCredentials]] = []
+    if token := secrets.get(_TOKEN_SECRET):
+        env = {"KAGGLE_API_V1_TOKEN": None, _TOKEN_SECRET: token}
+        choices.append((env, KaggleCredentials(None, _secret_source(_TOKEN_SECRET))))
+    if all(secrets.get(name) for name in _KEY_SECRETS):
+        env = {"KAGGLE_API_TOKEN": None, "KAGGLE_API_V1_TOKEN": None, **{n: secrets[n] for n in _KEY_SECRETS}}
+        choices.append((env, KaggleCredentials(secrets["KAGGLE_USERNAME"], _secret_source(*_KEY_SECRETS))))
+    return choices
 
 
-def notebook_secrets() -> dict[str, str] | None:
-    """The Kaggle Secrets ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` of this notebook; None outside a Kaggle notebook
-    and when either is missing (or the module, or the Internet is off)."""
+def _secret_source(*names: str) -> str:
+    return f"Kaggle Secret{'s' if len(names) > 1 else ''} {'/'.join(names)}"
+
+
+def notebook_secrets() -> dict[str, str]:
+    """The Kaggle Secrets ``KAGGLE_API_TOKEN``, ``KAGGLE_USERNAME`` and ``KAGGLE_KEY`` this notebook has (empty
+    outside a Kaggle notebook, or without the module, or with the Internet off)."""
     if not in_kaggle_notebook():
-        return None
+        return {}
     try:
         from kaggle_secrets import UserSecretsClient  # only exists inside Kaggle notebooks
 
         client = UserSecretsClient()
-        values = {name: client.get_secret(name) for name in _SECRET_NAMES}
-    except Exception:  # noqa: BLE001 - missing module, Internet off, secret not attached: all mean "not found"
-        return None
-    return values if all(isinstance(v, str) and v for v in values.values()) else None
+    except Exception:  # noqa: BLE001 - missing module, Internet off: no Secrets
+        return {}
+    values = {}
+    for name in (_TOKEN_SECRET, *_KEY_SECRETS):
+        try:
+            value = client.get_secret(name)
+        except Exception:  # noqa: BLE001 - a Secret that is not attached raises
+            continue
+        if isinstance(value, str) and value:
+            values[name] = value
+    return values
 
 
 def redact_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
@@ -102,11 +137,6 @@ def redact_secrets(text: str, extra: Iterable[str | None] = ()) -> str:
     for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, _REDACTED)
     return text
-
-
-def in_kaggle_notebook() -> bool:
-    """True inside a Kaggle notebook (the platform sets ``KAGGLE_KERNEL_RUN_TYPE``)."""
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE"))
 
 
 def config_dir() -> Path:
@@ -188,12 +218,13 @@ def _oauth_login() -> KaggleCredentials | None:
     return KaggleCredentials(username if isinstance(username, str) else None, "`kaggle auth login` (OAuth)")
 
 
-def _notebook_secrets() -> KaggleCredentials | None:
-    values = notebook_secrets()
-    if values is None:
+def _from_notebook_secrets() -> KaggleCredentials | None:
+    choices = _secret_choices()
+    if not choices:
         return None
-    os.environ.update(values)
-    return KaggleCredentials(values["KAGGLE_USERNAME"], _SECRETS_SOURCE)
+    env, credentials = choices[0]
+    os.environ.update({k: v for k, v in env.items() if v is not None})
+    return credentials
 
 
 def _known_secrets() -> list[str]:

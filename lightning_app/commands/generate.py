@@ -13,13 +13,15 @@ from collections.abc import Sequence
 
 import torch
 
-from lightning_app.errors import ConfigError, bad_value
-from lightning_app.lengths import find_checkpoint, load_model, training_data
-from lightning_app.sampling import generate
+from lightning_app.commands import CommandParser, one_line_errors
+from lightning_app.commands.trained_run import find_checkpoint, training_data
+from lightning_app.errors import bad_value
+from lightning_app.model.sampling import generate
+from lightning_app.module import LanguageModel
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lightning_app generate", description=__doc__.split("\n\n")[1])
+    parser = CommandParser(prog="python -m lightning_app generate", description=__doc__.split("\n\n")[1])
     parser.add_argument("checkpoint", metavar="CKPT", help="a .ckpt file, or a run folder (its newest checkpoint)")
     parser.add_argument("--prompt", help="text to continue (token ids for synthetic data); default: one seeded token")
     parser.add_argument("--max_new_tokens", type=int, default=200, help="tokens to sample (default 200)")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> str:
     if args.top_k is not None and args.top_k < 1:
         raise bad_value("--top_k", args.top_k, "an integer >= 1")
     checkpoint = find_checkpoint(args.checkpoint)
-    module, hparams = load_model(checkpoint, torch.device(args.device))
+    module, hparams = LanguageModel.from_checkpoint(checkpoint, torch.device(args.device))
     is_text = training_data(checkpoint, hparams)["class_path"].endswith("TextDataModule")
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     ids = _prompt_ids(args.prompt, is_text, int(hparams["vocab_size"]), generator)
@@ -69,13 +71,9 @@ def run(args: argparse.Namespace) -> str:
     return bytes(tokens).decode("utf-8", errors="replace") if is_text else " ".join(map(str, tokens))
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        print(run(args))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    print(run(_parser().parse_args(list(sys.argv[1:] if argv is None else argv))))
     return 0
 
 

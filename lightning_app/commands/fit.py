@@ -1,15 +1,20 @@
 """``python -m lightning_app fit|validate|test``: a LightningCLI with the project's option groups and ``--resume``.
 
 Option groups: ``--model.*`` (LanguageModel), ``--data.*`` (SyntheticDataModule by default, or
-``--data TextDataModule --data.path ...``), ``--trainer.*``, ``--checkpoint.*`` (KaggleModelCheckpoint),
-``--restore.*`` (where ``--resume`` looks). The seed script's flags still work as aliases:
-``--pe_type``, ``--model_size``, ``--epochs``, ``--batch_size``.
+``--data TextDataModule --data.path ...``), ``--trainer.*``, ``--checkpoint.*`` (KaggleModelCheckpoint), ``--sync.*``
+(KaggleDatasetSync), ``--deadline.*`` (SessionDeadline), ``--restore.*`` (where ``--resume`` looks). The seed
+script's flags still work as aliases: ``--pe_type``, ``--model_size``, ``--epochs``, ``--batch_size``.
+
+A ``fit`` is prepared before its Trainer exists: the run's name, its store (made once: the sync publishes to the
+one ``--resume`` read), and the checkpoint ``--resume`` continues from, made local. Then the Trainer is built, one
+start line says what runs where, and training begins.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import logging
+import os
 import re
 import sys
 import warnings
@@ -25,16 +30,17 @@ from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
 from callbacks.progress_bar import use_sync_progress_bar
 from lightning_app.errors import ConfigError
-from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
+from lightning_app.experiment import experiment_name
+from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers_after, quiet_third_parties
 from lightning_app.module import LanguageModel
-from lightning_app.persistence import restore
-from lightning_app.persistence.manifest import Manifest
-from lightning_app.persistence.resume import resolve_resume
+from lightning_app.persistence.folder import read_manifest
+from lightning_app.persistence.restore import RestoreOptions, resolve_resume
+from lightning_app.persistence.store import make_store
 from lightning_app.precision import resolve_precision
 
 log = logging.getLogger("lightning_app")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 #: The seed script's flags and the options they stand for.
 SEED_ALIASES = {
@@ -54,6 +60,16 @@ def expand_aliases(argv: list[str]) -> list[str]:
     return expanded
 
 
+def with_default_config(argv: list[str]) -> list[str]:
+    """``fit`` without ``--config`` uses ``configs/default.yaml`` (a default config file would also sit under
+    every ``--config``, leaking its model settings into e.g. smoke.yaml)."""
+    if argv[:1] == ["fit"] and not any(a == "--config" or a.startswith("--config=") for a in argv):
+        default = CONFIG_DIR / "default.yaml"
+        if default.is_file():
+            return ["fit", "--config", str(default), *argv[1:]]
+    return argv
+
+
 def make_cli(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TrainingCLI:
     """Parse ``args`` (default: ``sys.argv``) and run the command, with ``callbacks`` added to the trainer's."""
     return TrainingCLI(
@@ -70,11 +86,15 @@ def make_cli(args: list[str] | None = None, callbacks: Sequence[Callback] = ()) 
 class TrainingCLI(LightningCLI):
     """The project's LightningCLI. See the module docstring for the option groups."""
 
+    #: ``fit``: the run's name (logs, default dataset) and the local checkpoint ``--resume`` resolved to.
+    experiment: str = ""
+    resume_path: str | None = None
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(KaggleModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(KaggleDatasetSync, "sync")
         parser.add_lightning_class_args(SessionDeadline, "deadline")
-        parser.add_class_arguments(restore.RestoreOptions, "restore")
+        parser.add_class_arguments(RestoreOptions, "restore")
         parser.add_argument(
             "--resume",
             nargs="?",
@@ -91,26 +111,48 @@ class TrainingCLI(LightningCLI):
             }
         )
 
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(str(self.subcommand), self.config)
-        if config.trainer.precision is None:
-            config.trainer.precision = resolve_precision(config.trainer.accelerator)
+    def instantiate_classes(self) -> None:
+        """The model, the data and the callbacks; for ``fit`` the run is prepared (see the module docstring);
+        then the Trainer, its precision resolved."""
+        self.config_init = self.parser.instantiate_classes(self.config)
+        self.datamodule = self._get(self.config_init, "data")
+        self.model = self._get(self.config_init, "model")
+        if self.subcommand == "fit":
+            self._prepare_run()
+        trainer = self._get(self.config_init, "trainer")
+        if trainer.precision is None:
+            trainer.precision = resolve_precision(trainer.accelerator)
+            self._get(self.config, "trainer").precision = trainer.precision  # into the saved config.yaml too
+        self._add_configure_optimizers_method_to_model(self.subcommand)
+        self.trainer = self.instantiate_trainer()
+
+    def _prepare_run(self) -> None:
+        """Name the run, make its store once (lazily), and resolve ``--resume`` before any process is launched."""
+        seq_len = getattr(self.datamodule, "seq_len", None)
+        if seq_len is not None:
+            self.model.model.check_sequence_length(seq_len)  # before training, not at the first batch
+        identity = self.datamodule.identity() if hasattr(self.datamodule, "identity") else {}
+        self.experiment = experiment_name(self.model.settings(), identity)
+        sync: KaggleDatasetSync = self._get(self.config_init, "sync")
+        store = functools.cache(lambda: make_store(sync.store_options, self.experiment))
+        sync.store_choice = store
+        folder = Path(self._get(self.config_init, "checkpoint").dirpath)
+        options: RestoreOptions = self._get(self.config_init, "restore")
+        resume = self._get(self.config_init, "resume")
+        self.resume_path = resolve_resume(resume, folder, options, self.model.settings(), store)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "fit":  # validate/test runs keep their own version_N log folders
-            name_loggers(self.trainer, self.model, self.datamodule)
+            name_loggers_after(self.trainer, self.experiment)
         add_logging_callbacks(self.trainer)
         use_sync_progress_bar(self.trainer)
 
     def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
-        """`Trainer.fit`, after the restore hook has turned ``--resume`` into a local checkpoint path."""
-        config = self.config_init[self.subcommand]
-        seq_len = getattr(datamodule, "seq_len", None)
-        if seq_len is not None:
-            model.model.check_sequence_length(seq_len)  # before training, not at the first batch
-        if ckpt_path is None:
-            ckpt_path = self._resolve_resume(config.get("resume"), model, datamodule, config.restore)
-        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+        """`Trainer.fit` from the checkpoint ``--resume`` resolved to (or ``--ckpt_path``), after the start line."""
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            log.info(start_line(self.trainer, self.experiment, datamodule))
+        path = ckpt_path if ckpt_path is not None else self.resume_path
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
 
     def validate(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         self.trainer.validate(model, datamodule=datamodule, ckpt_path=self._best_path(ckpt_path), **kwargs)
@@ -123,7 +165,7 @@ class TrainingCLI(LightningCLI):
         if ckpt_path != "best":
             return ckpt_path
         folder = Path(self.trainer.checkpoint_callback.dirpath)
-        best = (Manifest.load(folder) or Manifest()).best()
+        best = manifest.best() if (manifest := read_manifest(folder)) is not None else None
         if best is None:
             raise ConfigError(
                 f"--ckpt_path: got 'best'; expected a checkpoint file, or 'best' with a checkpoint marked best in "
@@ -131,29 +173,25 @@ class TrainingCLI(LightningCLI):
             )
         return str(folder / best.file)
 
-    def _sync(self) -> KaggleDatasetSync | None:
-        return next((cb for cb in self.trainer.callbacks if isinstance(cb, KaggleDatasetSync)), None)
 
-    def _resolve_resume(
-        self, resume: str | None, model: LanguageModel, datamodule, options: restore.RestoreOptions
-    ) -> str | None:
-        def store():
-            sync = self._sync()
-            identity = datamodule.identity() if hasattr(datamodule, "identity") else {}
-            return sync.store(model.settings(), identity) if sync is not None else None
-
-        folder = Path(self.trainer.checkpoint_callback.dirpath)
-        return resolve_resume(resume, folder, options, model.settings(), store)
-
-
-def with_default_config(argv: list[str]) -> list[str]:
-    """``fit`` without ``--config`` uses ``configs/default.yaml`` (a default config file would also sit under
-    every ``--config``, leaking its model settings into e.g. smoke.yaml)."""
-    if argv[:1] == ["fit"] and not any(a == "--config" or a.startswith("--config=") for a in argv):
-        default = CONFIG_DIR / "default.yaml"
-        if default.is_file():
-            return ["fit", "--config", str(default), *argv[1:]]
-    return argv
+def start_line(trainer: pl.Trainer, experiment: str, datamodule) -> str:
+    """``Training rope-small-1a2b3c4d on 2 GPUs (Tesla T4, ddp) in 16-mixed, global batch 64, seed 1234; <budget>``."""
+    if trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+        devices = "cpu" if trainer.num_devices == 1 else f"{trainer.num_devices} cpu processes"
+    else:
+        devices = f"{trainer.num_devices} GPU{'s' if trainer.num_devices > 1 else ''}"
+    if trainer.world_size > 1:
+        devices += f" ({type(trainer.strategy).__name__.removesuffix('Strategy').lower() or 'ddp'})"
+    batch = getattr(datamodule, "batch_size", None)
+    parts = [f"Training {experiment} on {devices} in {trainer.precision}"]
+    if batch is not None:
+        parts.append(f"global batch {batch * trainer.world_size * trainer.accumulate_grad_batches}")
+    if (seed := os.environ.get("PL_GLOBAL_SEED")) is not None:
+        parts.append(f"seed {seed}")
+    line = ", ".join(parts)
+    deadline = next((cb for cb in trainer.callbacks if isinstance(cb, SessionDeadline)), None)
+    budget = deadline.budget_text() if deadline is not None and hasattr(deadline, "budget_text") else ""
+    return f"{line}; {budget}" if budget else line
 
 
 _LITERAL_ERROR = re.compile(r'Parser key "([^"]+)":\s*Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)', re.S)
@@ -177,45 +215,15 @@ def one_line(error: BaseException) -> str | None:
     return re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
 
 
-#: ``python -m lightning_app COMMAND``: LightningCLI's commands, then plain ones (a module with ``main(argv) -> int``).
-TRAINER_COMMANDS = {
-    "fit": "train; with --resume, continue the newest run from its newest good checkpoint",
-    "validate": "validation loss and perplexity of a checkpoint (--ckpt_path)",
-    "test": "test loss and perplexity of a checkpoint (--ckpt_path)",
-}
-COMMANDS = {
-    "checkpoints": ("lightning_app.checkpoints_command", "list what `fit --resume` would see, and the one it takes"),
-    "plot": ("lightning_app.plot", "draw the logged curves of runs, their sessions stitched"),
-    "lengths": ("lightning_app.lengths", "perplexity at several sequence lengths: train short, test long"),
-    "generate": ("lightning_app.generate_command", "sample text from a checkpoint"),
-}
-
-
-def usage() -> str:
-    lines = ["usage: python -m lightning_app COMMAND [options]   (COMMAND --help for its options)", "", "commands:"]
-    helps = {**TRAINER_COMMANDS, **{name: text for name, (_module, text) in COMMANDS.items()}}
-    lines += [f"  {name:<12} {text}" for name, text in helps.items()]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        raise SystemExit(0 if argv else 2)
-    if argv[0] in COMMANDS:
-        raise SystemExit(importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:]))
-    if argv[0] not in TRAINER_COMMANDS and not argv[0].startswith("-"):
-        print(
-            f"error: got command {argv[0]!r}; expected one of: {', '.join([*TRAINER_COMMANDS, *COMMANDS])}",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+def run_trainer_command(argv: list[str]) -> None:
+    """``fit``/``validate``/``test`` with ``argv`` (aliases expanded, the default config added); a mistake in the
+    command line or config is raised as one `ConfigError`."""
     argv = with_default_config(expand_aliases(argv))
     # Lightning's `ddp` launcher re-runs this command from sys.argv: give it the expanded one (and give a
     # notebook kernel its own back afterwards).
     saved_argv, sys.argv = sys.argv, [sys.argv[0], *argv]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_third_parties()
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     try:
         make_cli()
@@ -223,7 +231,6 @@ def main(argv: list[str] | None = None) -> None:
         message = one_line(error)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise ConfigError(message) from None
     finally:
         sys.argv = saved_argv

@@ -19,7 +19,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import sys
 from collections.abc import Sequence
@@ -31,10 +30,11 @@ import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader
 
+from lightning_app.commands import CommandParser, one_line_errors
+from lightning_app.commands.plot import MATPLOTLIB_MISSING, PE_COLORS, PE_MARKERS, SIZE_STYLES
+from lightning_app.commands.trained_run import build_datamodule, find_checkpoint, read_data_config, training_data
 from lightning_app.errors import ConfigError, bad_value
-from lightning_app.plot import MATPLOTLIB_MISSING, PE_COLORS, PE_MARKERS, SIZE_STYLES
-
-DEFAULT_DATA = {"class_path": "lightning_app.data.SyntheticDataModule", "init_args": {}}
+from lightning_app.module import LanguageModel
 
 
 @dataclass
@@ -55,68 +55,6 @@ class Run:
         return self.data["init_args"].get("seq_len")
 
 
-def find_checkpoint(raw: str) -> Path:
-    """A ``.ckpt`` file as given, or a run folder's newest checkpoint (its own or its ``checkpoints/``)."""
-    from lightning_app.persistence.manifest import Manifest
-
-    path = Path(raw)
-    if path.is_file():
-        return path
-    for folder in (path, path / "checkpoints"):
-        manifest = Manifest.load(folder) if folder.is_dir() else None
-        if manifest is not None and manifest.entries:
-            return folder / manifest.newest_first()[0].file
-        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-        if found:
-            return found[-1]
-    raise bad_value("CKPT_OR_RUN_DIR", raw, "a .ckpt file or a run folder holding checkpoints")
-
-
-def read_data_config(path: Path) -> dict:
-    """The ``data`` section of a CLI config file as ``{"class_path", "init_args"}``."""
-    try:
-        data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise bad_value("--config", str(path), f"a readable YAML config file ({error})") from None
-    if "class_path" not in data:
-        return {"class_path": DEFAULT_DATA["class_path"], "init_args": dict(data)}
-    return {"class_path": data["class_path"], "init_args": dict(data.get("init_args") or {})}
-
-
-def training_data(checkpoint: Path, hparams: dict) -> dict:
-    """The data section the run was trained with, found beside its logs; the synthetic default otherwise."""
-    pattern = f"logs/lm/{hparams.get('pe_type')}-{hparams.get('model_size')}-*/config.yaml"
-    roots = [checkpoint.parent, checkpoint.parent.parent]
-    configs = sorted((c for root in roots for c in root.glob(pattern)), key=lambda p: p.stat().st_mtime)
-    if configs:
-        return read_data_config(configs[-1])
-    return {"class_path": DEFAULT_DATA["class_path"], "init_args": {"vocab_size": hparams.get("vocab_size")}}
-
-
-def load_model(checkpoint: Path, device: torch.device):
-    """The `LanguageModel` of a checkpoint, in eval mode on ``device``, and its hyperparameters."""
-    from lightning_app.module import LanguageModel
-
-    try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        hparams = {k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")}
-    except Exception as error:
-        raise bad_value("CKPT_OR_RUN_DIR", str(checkpoint), f"a Lightning checkpoint that loads ({error})") from None
-    model = LanguageModel(**{**hparams, "compile": False})
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device).eval(), hparams
-
-
-def build_datamodule(data: dict, seq_len: int):
-    """The data module of ``data`` (a config's ``data`` section) with ``seq_len`` replaced."""
-    module_name, _, class_name = data["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    try:
-        return cls(**{**data["init_args"], "seq_len": seq_len})
-    except TypeError as error:  # an unknown --data.KEY
-        raise bad_value("--data.*", sorted(data["init_args"]), f"settings of {class_name} ({error})") from None
-
-
 def batch_size_at(base_batch: int, train_len: int | None, length: int) -> int:
     """Windows per batch at ``length``: the training batch's token count, at least one window."""
     return max(1, base_batch * (train_len or length) // length)
@@ -135,7 +73,7 @@ def loss_at(model, windows, batch_size: int, device: torch.device) -> float:
 
 def score(run: Run, lengths: Sequence[int], device: torch.device) -> None:
     """Fill ``run.scores``: ``(loss, perplexity)`` per length, or why the model cannot take that length."""
-    model, _ = load_model(run.path, device)
+    model, _ = LanguageModel.from_checkpoint(run.path, device)
     limit = model.model.pe.max_length
     base_batch = run.data["init_args"].get("batch_size", 32)
     for length in lengths:
@@ -231,7 +169,7 @@ def parse_overrides(extra: Sequence[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m lightning_app lengths",
         description="Validation perplexity of checkpoints at several sequence lengths ('train short, test long'). "
         "Other --data.KEY VALUE options override the run's data settings.",
@@ -244,38 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0, or 2 after printing a one-line error)."""
-    parser = build_parser()
-    parser.error = lambda message: _fail(message)  # one line, no usage block
+    args, extra = build_parser().parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    overrides = parse_overrides(extra)
     try:
-        args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-        overrides = parse_overrides(extra)
-        try:
-            device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except RuntimeError:
-            raise bad_value("--device", args.device, "a torch device such as cpu, cuda or cuda:1") from None
-        lengths = list(dict.fromkeys(args.lengths))
-        runs = []
-        for raw in args.runs:
-            checkpoint = find_checkpoint(raw)
-            hparams = load_model(checkpoint, torch.device("cpu"))[1]
-            data = read_data_config(Path(args.config)) if args.config else training_data(checkpoint, hparams)
-            data["init_args"].update(overrides)
-            runs.append(Run(checkpoint, hparams, data))
-        for run in runs:
-            score(run, lengths, device)
-        print(table(runs, lengths))
-        if args.output:
-            print(f"\nWrote {draw(runs, lengths, Path(args.output))}")
-    except ConfigError as error:
-        return _fail(str(error))
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise bad_value("--device", args.device, "a torch device such as cpu, cuda or cuda:1") from None
+    lengths = list(dict.fromkeys(args.lengths))
+    runs = []
+    for raw in args.runs:
+        checkpoint = find_checkpoint(raw)
+        hparams = LanguageModel.from_checkpoint(checkpoint)[1]
+        data = read_data_config(Path(args.config)) if args.config else training_data(checkpoint, hparams)
+        data["init_args"].update(overrides)
+        runs.append(Run(checkpoint, hparams, data))
+    for run in runs:
+        score(run, lengths, device)
+    print(table(runs, lengths))
+    if args.output:
+        print(f"\nWrote {draw(runs, lengths, Path(args.output))}")
     return 0
-
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import posixpath
 import zipfile
 from pathlib import Path
 
-from lightning_app.persistence.store_protocol import StoreError
+from lightning_app.persistence.store import StoreError
 
 
 def safe_extract(archive_path: str | os.PathLike, dest: str | os.PathLike) -> list[Path]:

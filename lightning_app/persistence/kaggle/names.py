@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from lightning_app.errors import bad_value
-from lightning_app.persistence.store_protocol import StoreError
+from lightning_app.persistence.store import StoreError
 
 #: Read by the client to learn the dataset's id, title and license; never uploaded.
 METADATA_NAME = "dataset-metadata.json"

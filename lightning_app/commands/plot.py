@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from lightning_app.commands import CommandParser, one_line_errors
+from lightning_app.errors import ConfigError
 from lightning_app.experiment import ARCHITECTURE_KEYS, WALL_TIME_KEY
 
 METRICS_NAME = "metrics.csv"
@@ -38,10 +40,6 @@ PE_COLORS = {"sinusoidal": "tab:blue", "learned": "tab:orange", "rope": "tab:gre
 PE_MARKERS = {"sinusoidal": "o", "learned": "s", "rope": "^", "alibi": "D", "none": "x"}
 SIZE_STYLES = {"tiny": "-", "small": "--", "base": "-.", "large": ":"}
 MATPLOTLIB_MISSING = 'plotting needs matplotlib: pip install -e ".[plot]"'
-
-
-class PlotError(Exception):
-    """A problem with the command's input, reported as one line."""
 
 
 @dataclass
@@ -69,7 +67,7 @@ class Curve:
 
 
 def find_metrics(paths: Sequence[str | Path]) -> list[Path]:
-    """Every ``metrics.csv`` given or found under the given folders; `PlotError` for a path that has none."""
+    """Every ``metrics.csv`` given or found under the given folders; `ConfigError` for a path that has none."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -78,9 +76,9 @@ def find_metrics(paths: Sequence[str | Path]) -> list[Path]:
         elif path.is_dir():
             files = sorted(path.rglob(METRICS_NAME))
         else:
-            raise PlotError(f"{raw}: no such file or folder")
+            raise ConfigError(f"{raw}: no such file or folder")
         if not files:
-            raise PlotError(f"{raw}: no {METRICS_NAME} in it (logs are in logs/lm/<experiment>/ by default)")
+            raise ConfigError(f"{raw}: no {METRICS_NAME} in it (logs are in logs/lm/<experiment>/ by default)")
         found += [f for f in files if f.resolve() not in {g.resolve() for g in found}]
     return found
 
@@ -202,10 +200,10 @@ def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PlotError(MATPLOTLIB_MISSING) from None
+        raise ConfigError(MATPLOTLIB_MISSING) from None
     timed = [c for c in curves if c.points.get(WALL_TIME_KEY)]
     if x == "time" and not timed:
-        raise PlotError(f"no {WALL_TIME_KEY} logged: plot against --x step")
+        raise ConfigError(f"no {WALL_TIME_KEY} logged: plot against --x step")
     axes_x = {"step": ["step"], "time": ["time"], "both": ["step", "time"] if timed else ["step"]}[x]
     fig, axes = plt.subplots(len(axes_x), 2, figsize=(12, 4.2 * len(axes_x)), squeeze=False)
     top_time = max((max(c.points[WALL_TIME_KEY].values()) for c in timed), default=0.0)
@@ -248,7 +246,7 @@ def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m lightning_app plot",
         description="Validation loss and perplexity of several runs in one figure, against step and wall time. "
         "Log folders of several sessions of one run are stitched into one curve.",
@@ -265,17 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0, or 2 after printing a one-line error)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        curves = load_curves(args.runs)
-        if not curves:
-            raise PlotError("no validation loss logged in " + ", ".join(args.runs))
-        output = draw(curves, Path(args.output), args.title, args.x)
-    except PlotError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    curves = load_curves(args.runs)
+    if not curves:
+        raise ConfigError("no validation loss logged in " + ", ".join(args.runs))
+    output = draw(curves, Path(args.output), args.title, args.x)
     print(f"Wrote {output} ({len(curves)} curve{'s' * (len(curves) != 1)}: {', '.join(c.label for c in curves)})")
     return 0
 

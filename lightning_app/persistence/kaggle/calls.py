@@ -1,7 +1,8 @@
-"""One ``kaggle_calls`` operation in a child process, killed (with its whole process group) when its time is up.
+"""The parent's side of a Kaggle call: one operation in a child process (``child.py``), killed with its whole
+process group when its time is up, and its `CallResult` read back.
 
 The ``kaggle`` client has no timeouts and a thread stuck in it cannot be cancelled, so ``KaggleDatasetStore``
-runs every operation through `ChildCalls`. Children still running at interpreter exit are killed too, so no
+makes every call through `ChildCalls`. Children still running at interpreter exit are killed too, so no
 abandoned upload can become the newest version after the run ended.
 
 Inside a Kaggle notebook, when the credential the client prefers (a token) is refused, or refused permission to
@@ -21,23 +22,23 @@ import tempfile
 import threading
 import time
 import weakref
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lightning_app.persistence.credentials import find_credentials, redact_secrets, secrets_fallback
-from lightning_app.persistence.store_protocol import StoreError, TransientError
+from lightning_app.persistence.kaggle.credentials import find_credentials, redact_secrets, secrets_fallback
+from lightning_app.persistence.kaggle.outcomes import CallResult, FailureKind, Operation
+from lightning_app.persistence.store import StoreError, TransientError
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
 #: Every running child of every store, killed at interpreter exit (a daemon worker's child would outlive us).
 _LIVE: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
 _LIVE_LOCK = threading.Lock()
-#: Operations that write: a 403 on them may be the credential's own permission, which the Secrets may have.
-_WRITING = ("publish", "check")
 log = logging.getLogger("lightning_app.sync")
 
 
 class ChildCalls:
-    """Runs ``python -m lightning_app.persistence.kaggle_calls <op> <args.json> <result.json>`` per call.
+    """Runs ``python -m lightning_app.persistence.kaggle.child <operation> <args.json> <result.json>`` per call.
 
     Args:
         description: the store's name for error messages (``kaggle:owner/slug``).
@@ -67,27 +68,27 @@ class ChildCalls:
         with self._cancelled:
             return self._cancelled.wait_for(lambda: self._cancelled_at >= since, timeout=seconds)
 
-    def run(self, op: str, args: dict[str, Any], bound: float, since: float | None = None) -> dict[str, Any]:
-        """The child's result file (``{"ok": ...}``); a timeout, a kill or a missing result raise.
+    def run(self, op: Operation, args: dict[str, Any], bound: float, since: float | None = None) -> CallResult:
+        """The child's `CallResult`; a timeout, a kill or a missing result raise ``TransientError``/``StoreError``.
 
         ``since``: when the operation began; if ``cancel()`` came after that, no child is started. A refused
         credential is retried once with the notebook's Secrets, when there are any.
         """
-        outcome = self._run_once(op, args, bound, since)
-        if not outcome["ok"] and self._fall_back(op, outcome):
-            outcome = self._run_once(op, args, bound, since)
+        result = self._run_once(op, args, bound, since)
+        if not result.ok and self._fall_back(op, result):
+            result = self._run_once(op, args, bound, since)
             source = self._fallback_source
-            if outcome["ok"]:
+            if result.ok:
                 log.warning(f"{self.description}: {source} work: they publish from now on")
             else:
                 self.env_changes = {}  # back to the preferred credential: it may still read
-                outcome["message"] += f" (with {source} too)"
-        return outcome
+                result = replace(result, message=f"{result.message} (with {source} too)")
+        return result
 
-    def _fall_back(self, op: str, outcome: dict[str, Any]) -> bool:
+    def _fall_back(self, op: Operation, result: CallResult) -> bool:
         """Switch to the notebook's Secrets (once per store) after a refusal they might not get."""
-        denied = outcome["kind"] == "refused" and outcome.get("status") == 403 and op in _WRITING
-        if self._fallback_tried or not (outcome["kind"] == "auth" or denied):
+        denied = result.kind is FailureKind.REFUSED and result.status == 403 and op.writes
+        if self._fallback_tried or not (result.kind is FailureKind.AUTH or denied):
             return False
         self._fallback_tried = True
         fallback = secrets_fallback()
@@ -96,19 +97,19 @@ class ChildCalls:
         preferred = find_credentials()
         log.warning(
             f"{self.description}: Kaggle refused {preferred.source if preferred else 'the credentials'} "
-            f"({outcome['message']}); trying {fallback.credentials.source} instead"
+            f"({result.message}); trying {fallback.credentials.source} instead"
         )
         self.env_changes, self._fallback_source = fallback.env, fallback.credentials.source
         return True
 
-    def _run_once(self, op: str, args: dict[str, Any], bound: float, since: float | None) -> dict[str, Any]:
+    def _run_once(self, op: Operation, args: dict[str, Any], bound: float, since: float | None) -> CallResult:
         with tempfile.TemporaryDirectory(prefix="kaggle-call-") as tmp:
             args_path, result_path, log_path = (Path(tmp) / n for n in ("args.json", "result.json", "stderr.txt"))
             args_path.write_text(json.dumps(args))
-            command = [sys.executable, "-m", "lightning_app.persistence.kaggle_calls", op, str(args_path)]
+            command = [sys.executable, "-m", "lightning_app.persistence.kaggle.child", op.value, str(args_path)]
             with open(log_path, "wb") as log, _LIVE_LOCK:  # under the lock: cancel() sees every child
                 if since is not None and self._cancelled_at >= since:
-                    raise TransientError(f"{self.description}: {op} cancelled")
+                    raise TransientError(f"{self.description}: {op.value} cancelled")
                 process = subprocess.Popen(
                     [*command, str(result_path)],
                     stdin=subprocess.DEVNULL,
@@ -122,7 +123,7 @@ class ChildCalls:
             try:
                 returncode = process.wait(timeout=bound)
             except subprocess.TimeoutExpired:
-                raise TransientError(f"{self.description}: {op} timed out after {bound:.1f} s") from None
+                raise TransientError(f"{self.description}: {op.value} timed out after {bound:.1f} s") from None
             finally:
                 _kill(process)
                 with _LIVE_LOCK:
@@ -131,8 +132,8 @@ class ChildCalls:
                 tail = log_path.read_text(errors="replace")[-800:].strip()
                 tail = redact_secrets(tail, [self.env_changes.get("KAGGLE_KEY")])
                 error = TransientError if returncode < 0 else StoreError
-                raise error(f"{self.description}: {op} exited with code {returncode} and no result: {tail}")
-            return json.loads(result_path.read_text())
+                raise error(f"{self.description}: {op.value} exited with code {returncode} and no result: {tail}")
+            return CallResult.from_json(json.loads(result_path.read_text()))
 
 
 def _child_env(changes: dict[str, str | None]) -> dict[str, str]:

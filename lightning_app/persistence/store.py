@@ -1,0 +1,213 @@
+"""Where checkpoints go between sessions: the `CheckpointStore` base class, its errors, and `make_store`.
+
+Callbacks, the restore hook and the commands talk to a store, never to HTTP. Implementations:
+`KaggleDatasetStore` (``kaggle/store.py``, the real ``kaggle`` client in child processes) and `DirectoryStore`
+(``directory_store.py``: a local or mounted folder, e.g. Google Drive on Colab, and unit tests). `make_store` builds
+the one a run uses, from ``--sync.*``, for the sync, ``--resume`` and the ``checkpoints`` command alike.
+
+Every method makes one bounded attempt and raises a `StoreError` subclass on failure; the retry policy
+(``retry.py``) decides what to do about it.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("lightning_app.sync")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    """What one publish produced. ``number`` is None where the store cannot tell yet.
+
+    ``processing``: the store accepted the files but has not finished processing them (a Kaggle version that is
+    not visible yet); `CheckpointStore.confirm` tells later. ``stored_bytes``: the store's whole size after this
+    version (all versions it keeps), where known.
+    """
+
+    number: int | None
+    files: tuple[RemoteFile, ...]
+    bytes_sent: int
+    seconds: float
+    processing: bool = False
+    stored_bytes: int | None = None
+
+
+class StoreError(Exception):
+    """A store call failed. Subclasses say whether trying again can help."""
+
+
+class TransientError(StoreError):
+    """Worth retrying: 5xx, 429, connection errors, timeouts, 403 while the previous version is processing.
+
+    ``retry_after``: seconds the service asked to wait (a 429's ``Retry-After``), if it said.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class AuthError(StoreError):
+    """Credentials missing or refused: retrying cannot help; syncing stops with one warning."""
+
+
+class RefusedError(StoreError):
+    """Refused for good (a dataset name in use by someone else, no permission): syncing stops with one warning."""
+
+
+class ProcessingFailedError(StoreError):
+    """The store accepted a version, then failed to process it (over the storage quota?): publishing that same
+    version again would fail again; the next checkpoint is still published."""
+
+
+class NotFoundError(StoreError):
+    """The dataset (or version) does not exist yet."""
+
+
+@dataclass(frozen=True)
+class VersionContents:
+    """One version as a store lists it: its number, its files, and the text of the small files asked for."""
+
+    number: int | None
+    files: tuple[RemoteFile, ...]
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+class CheckpointStore(ABC):
+    """Versions of a few files: publish a folder as the newest version; read a version's listing, fetch a file.
+
+    Subclasses implement `publish`, `read_version` and `fetch_file`; the other methods have defaults that fit a
+    store which finishes each publish before it returns.
+
+    Attributes:
+        description: where it stores, for log lines: ``kaggle:owner/slug`` or ``dir:/content/drive/...``.
+    """
+
+    description: str
+
+    @property
+    def name(self) -> str:
+        """What a user calls it in messages (a Kaggle ``owner/slug``; by default the description)."""
+        return self.description
+
+    @abstractmethod
+    def publish(self, folder: Path, notes: str) -> PublishedVersion:
+        """Make the files directly in ``folder`` the store's newest version (create the dataset, private, on first
+        use). Waits for the previous version to be ready first; checks the new version's file list."""
+
+    @abstractmethod
+    def read_version(self, version: int | None = None, texts: tuple[str, ...] = ()) -> VersionContents:
+        """The number and files of ``version`` (default: the newest readable one) and the text of those of
+        ``texts`` it holds (small files: a manifest). ``NotFoundError`` when there is no such version (nothing
+        published yet, or a version deleted)."""
+
+    @abstractmethod
+    def fetch_file(self, name: str, dest: Path, version: int) -> Path:
+        """Download the one file ``name`` of ``version`` into the folder ``dest`` (onto its disk, needing about
+        the file's size) and return its path there; the file is whole or absent."""
+
+    def list_files(self, version: int | None = None) -> list[RemoteFile]:
+        """Files of ``version`` (default: the newest one)."""
+        return list(self.read_version(version).files)
+
+    def fetch(self, dest: Path, version: int | None = None) -> Path:
+        """Download every file of ``version`` (default: the newest one) into the folder ``dest``; returns it."""
+        listing = self.read_version(version)
+        for remote in listing.files:
+            self.fetch_file(remote.name, dest, listing.number)
+        return Path(dest)
+
+    def confirm(self) -> PublishedVersion | None:
+        """Ask again about the last publish that came back ``processing``: the version once it is ready, None while
+        it is still processing (or when none is). ``ProcessingFailedError`` when its processing failed."""
+        return None
+
+    def check_access(self) -> str:
+        """A cheap check that publishing can work (no upload): a few words on what was found, or a `StoreError`."""
+        return f"{self.description} is reachable"
+
+    def cancel(self) -> None:  # noqa: B027 - optional: a store whose calls end by themselves needs nothing here
+        """End the calls in progress now (the trainer is shutting down)."""
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """The ``--sync.*`` settings that say where a run's checkpoints go (see `KaggleDatasetSync` for each)."""
+
+    dataset: str | None = None
+    enabled: bool | str = "auto"
+    directory: str | None = None
+    title: str | None = None
+    call_timeout: float = 120.0
+    delete_old_versions: bool = False
+
+
+@dataclass(frozen=True)
+class StoreChoice:
+    """What `make_store` found: a store, or why there is none.
+
+    Attributes:
+        store: where checkpoints go; None when syncing is off, without credentials, or when it could not be made.
+        why_none: a few words when ``store`` is None (``syncing is off``, ``no Kaggle credentials found ...``).
+        error: the store could not be made although credentials exist (a login that failed or was refused): its
+            dataset could not be read. None otherwise.
+        dataset: the dataset's name as far as it is known (for messages), also when there is no store.
+    """
+
+    store: CheckpointStore | None
+    why_none: str = ""
+    error: StoreError | None = None
+    dataset: str = ""
+
+
+def make_store(options: StoreOptions, experiment: str, login_attempts: int = 3) -> StoreChoice:
+    """The store of a run whose experiment name is ``experiment`` (the default dataset is
+    ``<kaggle user>/<experiment>-checkpoints``): a `DirectoryStore` for ``--sync.directory``, else the Kaggle
+    dataset when credentials are found. With an access token and no ``--sync.dataset`` the user is asked at login
+    (over the network: retried ``login_attempts`` times)."""
+    if options.directory:
+        from lightning_app.persistence.directory_store import DirectoryStore
+
+        store = DirectoryStore(Path(options.directory))
+        return StoreChoice(store, dataset=store.description)
+    if options.enabled is False:
+        return StoreChoice(None, "syncing is off (--sync.enabled false)")
+    from lightning_app.persistence.kaggle.credentials import NO_CREDENTIALS_ADVICE, find_credentials
+    from lightning_app.persistence.kaggle.store import KaggleDatasetStore, login_username
+    from lightning_app.persistence.retry import retry_call
+
+    credentials = find_credentials()
+    if credentials is None:
+        return StoreChoice(None, f"no Kaggle credentials found ({NO_CREDENTIALS_ADVICE})")
+    slug = f"{experiment}-checkpoints"
+    dataset = options.dataset
+    if dataset is None:
+        username = credentials.username
+        if username is None:
+            try:  # a network blip at login must not turn syncing off for the session
+                username = retry_call(lambda: login_username(options.call_timeout), attempts=login_attempts)
+            except StoreError as error:
+                fix = "pass --sync.dataset OWNER/SLUG"
+                why = f"could not learn whose credentials {credentials.source} are ({error}): {fix}"
+                log.warning(why)
+                return StoreChoice(None, why, error, dataset=f"?/{slug}")
+            if not username:
+                why = f"the credentials from {credentials.source} name no user: pass --sync.dataset OWNER/SLUG"
+                log.warning(why)
+                return StoreChoice(None, why, AuthError(why), dataset=f"?/{slug}")
+        dataset = f"{username}/{slug}"
+    store = KaggleDatasetStore(
+        dataset, title=options.title, call_timeout=options.call_timeout, delete_old_versions=options.delete_old_versions
+    )
+    log.info(f"Checkpoints will be published to {store.description} (credentials: {credentials.source})")
+    return StoreChoice(store, dataset=dataset)
