@@ -23,7 +23,15 @@ from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
 from lightning_app.persistence.checkpoint_io import SnapshotCheckpointIO
-from lightning_app.persistence.folder import RUN_STATE_KEY, CheckpointFolder
+from lightning_app.persistence.folder import (
+    RUN_STATE_KEY,
+    CheckpointFolder,
+    DiskFull,
+    Room,
+    disk_full_line,
+    free_bytes,
+    out_of_space,
+)
 from lightning_app.persistence.manifest import CheckpointEntry, sha256_of, training_differences
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
@@ -115,7 +123,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self.time_interval: timedelta | None = parse_duration("--checkpoint.train_time_interval", train_time_interval)
         self.settings: dict[str, object] = {}
         self._listeners: list[Callable[[SavedCheckpoint], None]] = []
-        self._writer = SnapshotWriter(self._file_written, self._write_failed)
+        self._writer = SnapshotWriter(self._file_written, self._write_failed, self._make_room)
         self._async = False
         self._being_written: dict[str, CheckpointEntry] = {}
         self._lock = threading.Lock()
@@ -128,6 +136,10 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self.run_id = ""
         self.training: dict[str, object] = {}
         self.last_saved: SavedCheckpoint | None = None
+        #: The last save that failed for lack of space (None once a later one succeeds): NOT SAFE (disk full).
+        self.disk_full: DiskFull | None = None
+        self._room: Room | None = None  # made for the save being retried
+        self._publishing_needs: list[Callable[[], tuple[set[str], set[Path]]]] = []
 
     @property
     @override
@@ -150,6 +162,11 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     def add_listener(self, listener: Callable[[SavedCheckpoint], None]) -> None:
         """Call ``listener`` (in the writer thread, global rank 0 only) each time a checkpoint file is complete."""
         self._listeners.append(listener)
+
+    def add_publishing_needs(self, needs: Callable[[], tuple[set[str], set[Path]]]) -> None:
+        """Register what publishing still needs when the disk is full: ``needs()`` returns the checkpoints waiting to
+        be published and the staged folders in use, which making room must leave alone."""
+        self._publishing_needs.append(needs)
 
     def save_at_step_boundary(self, trainer: pl.Trainer) -> bool:
         """Save at this step boundary (every rank must call it at the same step): now mid-epoch (True), at the
@@ -195,6 +212,22 @@ class KaggleModelCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._last_save_time = time.monotonic()
+        if self._folder is not None:
+            self._warn_if_little_room(pl_module)
+
+    def _warn_if_little_room(self, pl_module: pl.LightningModule) -> None:
+        """One warning before the first save when the folder's disk cannot hold the checkpoints kept (keep_last,
+        plus the one being written; two at least when all are kept)."""
+        size = 3 * sum(p.numel() * p.element_size() for p in pl_module.parameters())  # weights + AdamW moments
+        count = (self.keep_last or 1) + 1
+        free = free_bytes(self._folder.path)
+        if free < count * size:
+            log.warning(
+                f"Only {free / 1e6:.1f} MB free in {self._folder.path}: {count} checkpoints of about "
+                f"{size / 1e6:.1f} MB need {count * size / 1e6:.1f} MB (--checkpoint.keep_last {self.keep_last}); "
+                "older checkpoints of this run will be removed to make room, and a save that still does not fit "
+                "is NOT saved"
+            )
 
     def _time_save_due(self) -> bool:
         return time.monotonic() - self._last_save_time >= self.time_interval.total_seconds()
@@ -266,11 +299,29 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             being_written = {Path(p).name for p in self._being_written}
             return self._folder.path / self._folder.next_name(trainer.current_epoch, being_written)
 
+    def _make_room(self, path: Path, error: BaseException, needed: int) -> bool:
+        """After a failed write (writer thread): when the disk is full, free space for one more try (True)."""
+        if self._folder is None or not out_of_space(error, self._folder.path, needed):
+            return False
+        keep: set[str] = set()
+        staged: set[Path] = set()
+        for needs in self._publishing_needs:
+            names, folders = needs()
+            keep, staged = keep | names, staged | folders
+        with self._lock:
+            self._room = self._folder.make_room(self.run_id, needed, keep, staged)
+        return self._room.freed > 0
+
     def _file_written(self, written: WrittenFile) -> None:
         with self._lock:
             entry = self._being_written.pop(str(written.path), None)
+            room, self._room = self._room, None
         if entry is None:
             return  # a save that is not ours (e.g. a user's trainer.save_checkpoint)
+        if room is not None:
+            full = disk_full_line(written.path.parent, room.free_before, written.size)
+            log.warning(f"{full}: removed {', '.join(room.removed) or 'staged uploads only'}, saved {entry.file}")
+        self.disk_full = None
         entry = replace(entry, size=written.size, sha256=written.sha256)
         value = entry.metrics.get(self.monitor) if self.monitor else None
         with self._lock:
@@ -294,8 +345,14 @@ class KaggleModelCheckpoint(ModelCheckpoint):
 
     def _write_failed(self, path: Path, error: BaseException) -> None:
         with self._lock:
-            self._being_written.pop(str(path), None)
-        log.warning(f"Checkpoint {path.name} could not be written ({error}); training continues")
+            entry = self._being_written.pop(str(path), None)
+            self._room = None
+        needed = self._writer.snapshot_bytes
+        if entry is not None and out_of_space(error, path.parent, needed):
+            self.disk_full = DiskFull(path.parent, free_bytes(path.parent), needed, path.name, entry.global_step)
+            log.warning(f"{self.disk_full.describe()}: {path.name} NOT saved")
+        else:
+            log.warning(f"Checkpoint {path.name} could not be written ({error}); training continues")
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:

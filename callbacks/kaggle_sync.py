@@ -128,6 +128,7 @@ class KaggleDatasetSync(Callback):
         )
         for checkpoint in self._checkpoints:
             checkpoint.add_listener(self._on_checkpoint_saved)
+            checkpoint.add_publishing_needs(self.publisher.unpublished)
 
     def _check_required(self, choice: StoreChoice) -> None:
         """``--sync.required true``: a cheap look at the credentials and the dataset, or one-line exit 2."""
@@ -171,8 +172,9 @@ class KaggleDatasetSync(Callback):
         newest = self._saved[-1] if self._saved else None
         if newest is None and self._checkpoints and self._checkpoints[0].last_saved is not None:
             newest = self._checkpoints[0].last_saved.entry
+        disk_full = self._checkpoints[0].disk_full if self._checkpoints else None
         if publisher is None:
-            return SyncState(None, newest=newest)
+            return SyncState(None, newest=newest, disk_full=disk_full)
         store = publisher.store
         published, failed = publisher.last_published, publisher.failed
         names = [e.file for e in self._saved]
@@ -188,6 +190,7 @@ class KaggleDatasetSync(Callback):
             stopped=publisher.disabled,
             failed=failed[1] if failed and failed[0] == newest else None,
             error=publisher.last_error,
+            disk_full=disk_full,
         )
 
     @property
@@ -223,7 +226,8 @@ class KaggleDatasetSync(Callback):
         last = self._checkpoints[0].last_saved if self._checkpoints else None
         folder = last.folder.path if last is not None else ""
         if (line := state.final_line(folder)) is not None:
-            (log.warning if state.store is not None and not state.newest_published else log.info)(line)
+            unsafe = state.unsafe is not None or (state.store is not None and not state.newest_published)
+            (log.warning if unsafe else log.info)(line)
         if self.publisher is not None:
             self.publisher.close()
             self.publisher = None

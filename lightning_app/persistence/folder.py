@@ -14,6 +14,7 @@ Only global rank 0 makes a `CheckpointFolder` to write; anything may read one (`
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -195,6 +196,53 @@ def freed_by_deleting(path: Path) -> int:
     return total
 
 
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free
+
+
+def disk_full_line(folder: Path, free: int, needed: int) -> str:
+    """``disk full in /kaggle/working/checkpoints (2.0 MB free, a checkpoint needs 3.5 MB)``."""
+    return f"disk full in {folder} ({free / 1e6:.1f} MB free, a checkpoint needs {needed / 1e6:.1f} MB)"
+
+
+def out_of_space(error: BaseException, folder: Path, needed: int) -> bool:
+    """Whether a failed write ran out of disk: ENOSPC or EDQUOT, or torch's zip writer failing (it never says
+    "space": ``unexpected pos``, ``failed writing file``) while the folder's disk has less than ``needed`` free."""
+    for cause in (error, error.__cause__, error.__context__):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+    torch_writer = isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("inline_container", "PytorchStreamWriter", "file write failed")
+    )
+    return torch_writer and free_bytes(folder) < needed
+
+
+@dataclass(frozen=True)
+class DiskFull:
+    """A checkpoint that could not be written for lack of space, even after `CheckpointFolder.make_room`."""
+
+    folder: Path
+    free: int
+    needed: int
+    name: str
+    step: int
+
+    def describe(self) -> str:
+        return disk_full_line(self.folder, self.free, self.needed)
+
+
+@dataclass
+class Room:
+    """What `CheckpointFolder.make_room` did: the free bytes it found, the checkpoints it removed, the bytes it
+    really gave back (a file a staged hard link still holds gives none)."""
+
+    free_before: int
+    removed: list[str] = field(default_factory=list)
+    freed: int = 0
+
+
 def _holds(path: Path, entry: CheckpointEntry) -> bool:
     """Whether ``path`` is already the file ``entry`` describes."""
     return path.is_file() and verify(Candidate("local", path, entry, in_manifest=bool(entry.sha256))) is None
@@ -260,6 +308,29 @@ class CheckpointFolder:
                 deleted.append(old.file)
         self.save_manifest()
         return deleted
+
+    def make_room(self, run_id: str, needed: int, keep: set[str], staged_in_use: set[Path]) -> Room:
+        """Free space for a checkpoint of ``needed`` bytes after a write ran out of it: staged versions no publish
+        uses any more first, then this run's oldest checkpoints, never its newest one, its best one, one in
+        ``keep`` (waiting to be published) nor another run's. Stops once enough is free; saves the manifest."""
+        room = Room(free_bytes(self.path))
+        staging = self.path / STAGING_DIR
+        for staged in sorted(staging.iterdir()) if staging.is_dir() else []:
+            if staged.resolve() not in {p.resolve() for p in staged_in_use}:
+                room.freed += freed_by_deleting(staged)
+                shutil.rmtree(staged, ignore_errors=True)
+        entries = self.manifest.newest_first(run_id)
+        protected = {e.file for e in entries[:1]} | {e.file for e in entries if e.best} | keep
+        for entry in reversed(entries):  # the oldest first
+            if room.free_before + room.freed >= needed:
+                break
+            if entry.file not in protected:
+                room.freed += freed_by_deleting(self.path / entry.file)
+                self.delete(entry.file)
+                room.removed.append(entry.file)
+        if room.removed:
+            self.save_manifest()
+        return room
 
     def delete(self, name: str) -> None:
         """Delete checkpoint ``name`` and forget it (its name is never given again); the caller saves the manifest."""

@@ -45,6 +45,10 @@ class Published:
     version: PublishedVersion
 
 
+def _names_in(job: PublishJob | None) -> set[str]:
+    return {p.name for p in job.folder.iterdir()} if job is not None and job.folder.is_dir() else set()
+
+
 class BackgroundPublisher:
     """Publishes `PublishJob`s through ``store`` in a daemon thread.
 
@@ -101,7 +105,13 @@ class BackgroundPublisher:
         """The names of the files the publish in flight is uploading (none when nothing is in flight)."""
         with self._cond:
             job = self._in_flight
-        return {p.name for p in job.folder.iterdir()} if job is not None and job.folder.is_dir() else set()
+        return _names_in(job)
+
+    def unpublished(self) -> tuple[set[str], set[Path]]:
+        """The files waiting to be published (queued or in flight) and their staged folders."""
+        with self._cond:
+            jobs = [job for job in (self._queued, self._in_flight) if job is not None]
+        return set().union(*(_names_in(job) for job in jobs)), {job.folder for job in jobs}
 
     @property
     def uploading(self) -> CheckpointEntry | None:

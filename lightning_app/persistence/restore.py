@@ -38,7 +38,9 @@ from lightning_app.persistence.folder import (
     CheckpointFolder,
     candidates_in,
     candidates_under,
+    disk_full_line,
     entry_from_file,
+    free_bytes,
     parse_checkpoint_name,
     verify,
 )
@@ -271,15 +273,9 @@ class _Dataset:
 
 def check_room(folder: Path, needed: int) -> None:
     """Refuse in one line, before a download or a copy, when ``folder``'s disk has less than ``needed`` bytes."""
-    existing = next(p for p in (folder, *folder.parents) if p.exists())
-    free = shutil.disk_usage(existing).free
+    free = free_bytes(folder)
     if needed and free < needed:
         raise ConfigError(disk_full_line(folder, free, needed) + ": the checkpoint to resume from does not fit")
-
-
-def disk_full_line(folder: Path, free: int, needed: int) -> str:
-    """``disk full in /kaggle/working/checkpoints (2.0 MB free, a checkpoint needs 3.5 MB)``."""
-    return f"disk full in {folder} ({free / 1e6:.1f} MB free, a checkpoint needs {needed / 1e6:.1f} MB)"
 
 
 def collect(

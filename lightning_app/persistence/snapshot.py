@@ -146,15 +146,18 @@ class SnapshotWriter:
 
     Args:
         on_written: called in the writer thread with each finished file.
-        on_error: called in the writer thread when a write fails (disk full...); training carries on.
+        on_error: called in the writer thread when a write fails for good; training carries on.
+        make_room: called in the writer thread when a write fails, with the path, the error and the snapshot's
+            size; True when it made room (a full disk) and the write is worth one more try.
     """
 
     def __init__(
         self,
         on_written: Callable[[WrittenFile], None],
         on_error: Callable[[Path, BaseException], None],
+        make_room: Callable[[Path, BaseException, int], bool] | None = None,
     ) -> None:
-        self._on_written, self._on_error = on_written, on_error
+        self._on_written, self._on_error, self._make_room = on_written, on_error, make_room
         self._snapshot = HostSnapshot()
         self._idle = threading.Event()
         self._idle.set()
@@ -189,12 +192,22 @@ class SnapshotWriter:
     def busy(self) -> bool:
         return not self._idle.is_set()
 
+    @property
+    def snapshot_bytes(self) -> int:
+        """The size of the state last copied (about what its file needs on disk)."""
+        return self._snapshot.nbytes
+
     def _write(self, state: object, path: Path, copied: torch.cuda.Event | None) -> None:
         lower_thread_priority()
         try:
             if copied is not None:
                 copied.synchronize()
-            written = write_atomically(state, path)
+            try:
+                written = write_atomically(state, path)
+            except Exception as error:  # noqa: BLE001 - a full disk may be made room on, once
+                if self._make_room is None or not self._make_room(path, error, self.snapshot_bytes):
+                    raise
+                written = write_atomically(state, path)
         except BaseException as error:  # noqa: BLE001 - reported, never raised into training
             self._report(self._on_error, path, error)
         else:

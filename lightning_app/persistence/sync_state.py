@@ -1,8 +1,9 @@
 """Where the checkpoint sync stands: what the progress bar shows, when training is NOT SAFE, and the last lines.
 
-A run is *not safe* while its newest checkpoints would be lost with the session: publishing has stopped
-(credentials or the dataset refused), or more than `MAX_BEHIND` checkpoints in a row have been saved since the
-newest published one (the newest has gone unpublished for longer than two checkpoint intervals). Counting
+A run is *not safe* while its newest state would be lost with the session: the disk is full and the last
+checkpoint could not be written (with or without syncing), publishing has stopped (credentials or the dataset
+refused), or more than `MAX_BEHIND` checkpoints in a row have been saved since the newest published one (the
+newest has gone unpublished for longer than two checkpoint intervals). Counting
 checkpoints, not seconds, keeps the rule the same for a run that saves every minute and one that saves hourly.
 
 Example::
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning_app.persistence.folder import DiskFull
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import Published
 
@@ -39,6 +41,7 @@ class SyncState:
         stopped: why publishing stopped for good (refused), if it did.
         failed: the last processing failure after upload, if any.
         error: the last failure that is being retried.
+        disk_full: the last save that failed for lack of space (None once a later save succeeds).
     """
 
     store: str | None
@@ -51,6 +54,7 @@ class SyncState:
     stopped: str | None = None
     failed: str | None = None
     error: str | None = None
+    disk_full: DiskFull | None = None
 
     @property
     def newest_published(self) -> bool:
@@ -59,6 +63,8 @@ class SyncState:
     @property
     def unsafe(self) -> str | None:
         """Why the newest checkpoints are not safe (a few words), or None."""
+        if self.disk_full is not None:
+            return "disk full"
         if self.store is None:
             return None
         if self.stopped:
@@ -70,7 +76,7 @@ class SyncState:
     @property
     def bar_text(self) -> str:
         """``v4@96 uploading step 128``, ``NOT SAFE (credentials refused)``, or "" when syncing is off."""
-        if self.store is None:
+        if self.store is None and self.disk_full is None:
             return ""
         if (reason := self.unsafe) is not None:
             return f"NOT SAFE ({reason})"
@@ -87,6 +93,10 @@ class SyncState:
 
     def final_line(self, folder: object) -> str | None:
         """The last line of ``fit``: whether the final checkpoint is published, and where it is otherwise."""
+        if (full := self.disk_full) is not None:
+            since = f"step {self.newest.global_step} ({self.newest.file})" if self.newest else "the start"
+            lost = f"work since {since} would be lost"
+            return f"Final training state (step {full.step}) NOT saved: {full.describe()}; {lost}"
         if self.newest is None:
             return None
         name = self.newest.file

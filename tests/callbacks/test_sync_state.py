@@ -10,7 +10,7 @@ import pytest
 
 from callbacks.checkpoint import SavedCheckpoint
 from callbacks.kaggle_sync import KaggleDatasetSync
-from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
+from lightning_app.persistence.folder import CheckpointFolder, DiskFull, read_manifest, write_manifest
 from lightning_app.persistence.kaggle.store import KaggleDatasetStore
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.publisher import BackgroundPublisher, Published
@@ -98,6 +98,17 @@ def test_bar_text_and_final_line(state, bar, final):
     assert state.bar_text == bar
     assert state.final_line("ckpts").startswith(f"Final checkpoint {_entry(3).file} ")
     assert state.final_line("ckpts").endswith(final)
+
+
+@pytest.mark.parametrize("store", [None, "kaggle:a/b"])
+def test_a_full_disk_is_not_safe_whether_syncing_is_on_or_off(store):
+    full = DiskFull(Path("ckpts"), 2_000_000, 3_500_000, "kaggle_epoch_4_20261203-000004.ckpt", 4)
+    state = SyncState(store, "a/b", _entry(3), _published(3), disk_full=full)
+    assert state.unsafe == "disk full" and state.bar_text == "NOT SAFE (disk full)"
+    assert state.final_line("ckpts") == (
+        "Final training state (step 4) NOT saved: disk full in ckpts (2.0 MB free, a checkpoint needs 3.5 MB); "
+        f"work since step 3 ({_entry(3).file}) would be lost"
+    )
 
 
 def test_check_access_is_cheap_and_names_what_failed(kaggle_env, fake_kaggle):

@@ -110,16 +110,16 @@ class KillDuringStaging(Callback):
         self.global_step = global_step
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        from lightning_app.persistence import staging
+        from lightning_app.persistence import folder
 
-        real_link = staging.os.link  # the os module's own: this process dies before anything else links
+        real_link = folder.os.link  # the os module's own: this process dies before anything else links
 
         def link(source, target):
             real_link(source, target)
             if trainer.global_step >= self.global_step:
                 _die()  # one file linked, the manifest of the staged version not written yet
 
-        staging.os.link = link
+        folder.os.link = link
 
 
 class KillAtStep(Callback):
