@@ -179,7 +179,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         return True
 
     def wait_for_writes(self, timeout: float | None = None) -> bool:
-        """Block until the pending write and its manifest update are done; False on timeout."""
+        """Block until the checkpoint being written and its manifest entry are done; False on timeout."""
         return self._writer.wait(timeout)
 
     @property

@@ -211,7 +211,7 @@ class KaggleDatasetSync(Callback):
         self.flush_timeout = min(self.flush_timeout, seconds)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for pending checkpoint writes, then for the newest checkpoint to be published."""
+        """Wait for the checkpoints being written, then for the newest one to be published."""
         if self.publisher is None:
             return True
         for checkpoint in self._checkpoints:

@@ -185,7 +185,7 @@ class SnapshotWriter:
             self._copied = None
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the pending write (if any) is on disk; False if ``timeout`` passed first."""
+        """Block until the write being made (if any) is on disk; False if ``timeout`` passed first."""
         return self._idle.wait(timeout)
 
     @property
