@@ -25,6 +25,7 @@ from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
 from callbacks.progress_bar import use_sync_progress_bar
 from lightning_app.errors import ConfigError
+from lightning_app.gpu import check_torch_supports_gpu
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import restore
@@ -93,6 +94,7 @@ class TrainingCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
+        check_torch_supports_gpu(config.trainer.accelerator)  # one line, before any DDP process starts
         if config.trainer.precision is None:
             config.trainer.precision = resolve_precision(config.trainer.accelerator)
 
