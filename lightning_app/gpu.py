@@ -143,9 +143,12 @@ def check_torch_supports_gpu(accelerator: object) -> Gpu | None:
     architectures (CPU, ROCm) and an arch list that could not be read (one warning) are not refused.
 
     Under Lightning's ``ddp`` launcher the other ranks of this machine (``LOCAL_RANK`` >= 1) skip the check: the
-    process that started them made it before starting them.
+    process that started them made it before starting them. ``CUDA_VISIBLE_DEVICES`` set to nothing (or ``-1``)
+    hides every GPU from torch, which ``nvidia-smi`` does not know: no GPU then.
     """
     if not will_use_gpu(accelerator) or os.environ.get("LOCAL_RANK", "0") not in ("", "0"):
+        return None
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1"):
         return None
     gpu = first_gpu()
     if gpu is None:

@@ -50,6 +50,7 @@ def _fake_gpu(monkeypatch, found: gpu.Gpu | None, archs: list[str] | None) -> li
     monkeypatch.setattr(gpu, "first_gpu", lambda: calls.append("nvidia-smi") or found)
     monkeypatch.setattr(gpu, "torch_cuda_archs", lambda: calls.append("arch list") or archs)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     return calls
 
 
@@ -110,6 +111,14 @@ def test_without_a_gpu_the_arch_list_is_not_asked(monkeypatch):
     calls = _fake_gpu(monkeypatch, None, KAGGLE_BUILD)
     assert gpu.check_torch_supports_gpu("auto") is None
     assert calls == ["nvidia-smi"]
+
+
+@pytest.mark.parametrize("hidden", ["", "-1"])
+def test_gpus_hidden_from_torch_are_not_checked(monkeypatch, hidden):
+    calls = _fake_gpu(monkeypatch, P100, KAGGLE_BUILD)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+    assert gpu.check_torch_supports_gpu("auto") is None
+    assert calls == []
 
 
 def test_ranks_started_by_the_ddp_launcher_do_not_check_again(monkeypatch):
@@ -181,6 +190,8 @@ def test_the_cli_refuses_a_p100_before_training(tmp_path):
     )
     env = cli_env(tmp_path / "home", {"PYTHONPATH": str(site_dir)})
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    for name in ("CUDA_VISIBLE_DEVICES", "LOCAL_RANK"):
+        env.pop(name, None)
     result = run(fit_args("--trainer.accelerator", "gpu"), tmp_path, env, timeout=120)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
