@@ -6,23 +6,21 @@ import logging
 import os
 import signal
 import threading
-import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import Callback
 from typing_extensions import override
 
-import lightning_app
 from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from callbacks.kaggle_sync import KaggleDatasetSync
 from callbacks.step_consensus import StepConsensus
 from lightning_app.durations import parse_duration
 from lightning_app.errors import bad_value
+from lightning_app.session import SessionBudget
 
 log = logging.getLogger("lightning_app.deadline")
 
-#: Kaggle ends CPU/GPU sessions at 12 h; leave half an hour for the restore, the upload and surprises.
-KAGGLE_DEFAULT_BUDGET = "11:30:00"
 #: Until an upload is measured, assume this rate (bytes/s) for the first one.
 ASSUMED_UPLOAD_RATE = 10e6
 #: The `StepConsensus` questions of this callback.
@@ -33,10 +31,12 @@ _RESUME_HINT = "Resume with the same command plus --resume (in a new session, wi
 class SessionDeadline(Callback):
     """Ends training before the session does, with a published checkpoint; handles SIGTERM and SIGINT alike.
 
-    The budget is per session, counted from process start (unlike Lightning's `Timer`, nothing is carried over
-    from the checkpoint). The callback measures how long a checkpoint plus its upload take in this run and how
-    long a step takes; when what is left falls below that (with a safety factor), it saves a mid-epoch
-    checkpoint, waits for it to be published and stops training, so ``fit`` returns normally.
+    The budget is per session (unlike Lightning's `Timer`, nothing is carried over from the checkpoint):
+    `lightning_app.session.SessionBudget` says when it ends, from the session's start and, on a Kaggle GPU, the
+    weekly GPU quota (asked by rank 0 only, in ``setup``; the ranks agree on stopping as on everything else, the
+    earliest deadline of any rank winning). The callback measures how long a checkpoint plus its upload take in
+    this run and how long a step takes; when what is left falls below that (with a safety factor), it saves a
+    mid-epoch checkpoint, waits for it to be published and stops training, so ``fit`` returns normally.
 
     A first SIGTERM or SIGINT does the same at the next step boundary, waiting at most ``signal_timeout`` for
     the upload; a second one exits at once. Under DDP every rank stops at the same step: the ranks agree through
@@ -44,8 +44,11 @@ class SessionDeadline(Callback):
     seconds shared with the time-based saves, rather than a collective per step.
 
     Args:
-        budget: time this session may train, e.g. ``11:30:00``; ``auto`` is 11:30:00 inside a Kaggle notebook
-            (``KAGGLE_KERNEL_RUN_TYPE`` is set) and no limit elsewhere; ``off`` is no limit.
+        budget: time this session may train, e.g. ``05:00:00``, counted from ``LIGHTNING_APP_SESSION_START``
+            (epoch seconds) when set, else from the process's start; ``auto``: inside a Kaggle notebook
+            (``KAGGLE_KERNEL_RUN_TYPE`` is set) the 12 hours from the session's start (the container's first
+            process) less half an hour, no limit elsewhere; ``off``: no limit. On a Kaggle notebook's GPU the
+            weekly GPU quota left may end it sooner.
         safety: multiply the measured checkpoint-and-upload time by this before comparing it with what is left.
         reserve: time kept back for everything after the last upload (validation, teardown, exit).
         signal_timeout: after SIGTERM/SIGINT, how long to wait for the checkpoint's upload before exiting.
@@ -60,9 +63,7 @@ class SessionDeadline(Callback):
         signal_timeout: str = "60s",
         handle_signals: bool = True,
     ) -> None:
-        if budget == "auto":
-            budget = KAGGLE_DEFAULT_BUDGET if os.environ.get("KAGGLE_KERNEL_RUN_TYPE") else "off"
-        self.budget_seconds = None if budget == "off" else parse_duration("--deadline.budget", budget).total_seconds()
+        self.budget = SessionBudget(budget)
         if not safety >= 1:
             raise bad_value("--deadline.safety", safety, "a number >= 1")
         self.safety = safety
@@ -80,9 +81,13 @@ class SessionDeadline(Callback):
 
     def remaining_seconds(self) -> float | None:
         """Seconds of this session's budget left; None without a budget."""
-        if self.budget_seconds is None:
-            return None
-        return self.budget_seconds - (time.monotonic() - lightning_app.PROCESS_START)
+        return self.budget.remaining_seconds()
+
+    @property
+    def budget_line(self) -> str | None:
+        """The start line's fragment: ``Session budget: 10.4 h left (12 h session from 08:14 UTC, /proc/1; GPU
+        quota 21.3 h, quota_view)``; None without a budget. Complete after ``setup`` (the quota is asked there)."""
+        return self.budget.describe()
 
     def needed_seconds(self) -> float:
         """What stopping cleanly costs now: a checkpoint, its upload, and a couple of steps to get there (plus,
@@ -108,8 +113,11 @@ class SessionDeadline(Callback):
         self._consensus = self._checkpoint.consensus if self._checkpoint is not None else self._consensus
         if self.handle_signals:
             self._consensus.ask(SIGNAL_RECEIVED, lambda: self._signals > 0)
-        if self.budget_seconds is not None:
+        if self.budget.enabled:
             self._consensus.ask(DEADLINE_DUE, self._out_of_time)
+        on_gpu = stage == "fit" and self.budget.quota_matters and isinstance(trainer.accelerator, CUDAAccelerator)
+        if on_gpu and trainer.is_global_zero:
+            self.budget.consider_gpu_quota()  # rank 0 only: every rank stops when it does
 
     def _learn_save_time(self, saved: SavedCheckpoint) -> None:
         self._save_seconds = max(self._save_seconds, saved.seconds + self._checkpoint.last_blocked_seconds)
@@ -120,13 +128,11 @@ class SessionDeadline(Callback):
         remaining = self.remaining_seconds()
         if remaining is not None and trainer.is_global_zero:
             needed = self.needed_seconds()
-            if remaining <= needed:
+            if remaining <= needed:  # the budget itself is in the start line
                 log.warning(
-                    f"The session budget leaves {remaining:.0f} s, less than the ~{needed:.0f} s a checkpoint and "
-                    "its upload are expected to take: this session may end with nothing published"
+                    f"{self.budget_line}: less than the ~{needed:.0f} s a checkpoint and its upload are expected "
+                    "to take; this session may end with nothing published"
                 )
-            else:
-                log.info(f"Session budget: {remaining / 3600:.2f} h left; training stops in time to publish")
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)

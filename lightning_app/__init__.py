@@ -6,7 +6,8 @@ Dataset version in the background, and at the start of the next session resumes 
 
 import time
 
-#: When this process started (monotonic seconds): the per-session time budget counts from here.
-PROCESS_START = time.monotonic()
+#: When this package was first imported (epoch seconds): a process's start where ``/proc`` cannot tell
+#: (`lightning_app.session.process_start`).
+IMPORTED_AT = time.time()
 
 __version__ = "0.1.0"

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+from lightning_app import gpu
 
 
 def gpu_compute_capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability, asked of ``nvidia-smi`` in a child process.
+    """The first GPU's compute capability, asked of ``nvidia-smi`` in a child process (`lightning_app.gpu`).
 
     Not `torch.cuda.get_device_capability()`: it initialises CUDA in this process, and a notebook process
     that touched CUDA before ``fit`` can no longer fork its ``ddp_notebook`` workers.
     """
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.split()
-        major, minor = out[0].split(".")
-        return int(major), int(minor)
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
+    first = gpu.first_gpu()
+    return None if first is None else first.capability
 
 
 def resolve_precision(accelerator: str | None) -> str:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
+from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
@@ -31,6 +32,7 @@ from callbacks.kaggle_sync import KaggleDatasetSync
 from callbacks.progress_bar import use_sync_progress_bar
 from lightning_app.errors import ConfigError
 from lightning_app.experiment import experiment_name
+from lightning_app.gpu import check_torch_supports_gpu
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers_after, quiet_third_parties
 from lightning_app.module import LanguageModel
 from lightning_app.persistence.folder import read_manifest
@@ -114,6 +116,7 @@ class TrainingCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         """The model, the data and the callbacks; for ``fit`` the run is prepared (see the module docstring);
         then the Trainer, its precision resolved."""
+        check_torch_supports_gpu(self._get(self.config, "trainer").accelerator)  # one line, before any DDP process
         self.config_init = self.parser.instantiate_classes(self.config)
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
@@ -150,6 +153,9 @@ class TrainingCLI(LightningCLI):
     def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """`Trainer.fit` from the checkpoint ``--resume`` resolved to (or ``--ckpt_path``), after the start line."""
         if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            deadline = next((cb for cb in self.trainer.callbacks if isinstance(cb, SessionDeadline)), None)
+            if deadline is not None and isinstance(self.trainer.accelerator, CUDAAccelerator):
+                deadline.budget.consider_gpu_quota()  # asked once, here, so that the start line can say it
             log.info(start_line(self.trainer, self.experiment, datamodule))
         path = ckpt_path if ckpt_path is not None else self.resume_path
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
@@ -176,7 +182,7 @@ class TrainingCLI(LightningCLI):
 
 def start_line(trainer: pl.Trainer, experiment: str, datamodule) -> str:
     """``Training rope-small-1a2b3c4d on 2 GPUs (Tesla T4, ddp) in 16-mixed, global batch 64, seed 1234; <budget>``."""
-    if trainer.accelerator.__class__.__name__ == "CPUAccelerator":
+    if not isinstance(trainer.accelerator, CUDAAccelerator):
         devices = "cpu" if trainer.num_devices == 1 else f"{trainer.num_devices} cpu processes"
     else:
         devices = f"{trainer.num_devices} GPU{'s' if trainer.num_devices > 1 else ''}"
@@ -190,7 +196,7 @@ def start_line(trainer: pl.Trainer, experiment: str, datamodule) -> str:
         parts.append(f"seed {seed}")
     line = ", ".join(parts)
     deadline = next((cb for cb in trainer.callbacks if isinstance(cb, SessionDeadline)), None)
-    budget = deadline.budget_text() if deadline is not None and hasattr(deadline, "budget_text") else ""
+    budget = deadline.budget_line if deadline is not None else None
     return f"{line}; {budget}" if budget else line
 
 

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -37,7 +38,9 @@ def _newest_version_step(fake: FakeKaggle) -> int:
 
 
 def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp_path, fake_kaggle):
-    env = cli_env(tmp_path / "home", fake_kaggle.env(tmp_path))
+    # The budget counts from the session's start that a sweep or a chain gives: here, now.
+    started = time.time()
+    env = cli_env(tmp_path / "home", {**fake_kaggle.env(tmp_path), "LIGHTNING_APP_SESSION_START": f"{started:.3f}"})
     # Events, not wall-clock bounds: how far 20 s gets depends on the machine's load (interpreter start-up counts).
     result = run(
         fit_args(*RESUME_FLAGS, "--trainer.max_epochs", "50", "--deadline.budget", "20s", "--deadline.reserve", "3s"),
@@ -46,6 +49,11 @@ def test_a_short_budget_stops_training_in_time_with_the_checkpoint_published(tmp
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    # The start line (a warning instead when a loaded machine took the 20 s before training began).
+    pattern = r"Session budget: (\d+) s left \(20 s from (\d\d:\d\d) UTC, LIGHTNING_APP_SESSION_START\)"
+    start_line = re.search(pattern, output)
+    assert start_line, output[-3000:]
+    assert int(start_line[1]) <= 20 and start_line[2] == time.strftime("%H:%M", time.gmtime(started))
     final = read_manifest(tmp_path / "checkpoints").newest_first()[0]
     assert final.global_step < 50 * 32, "the budget did not stop training"
     stopped = re.search(r"Stopp(?:ed at step (\d+)|ing after this epoch) to stay within the session budget", output)

@@ -193,7 +193,7 @@ def _become(request: dict) -> None:
         os.dup2(err.fileno(), 2)
     if threads := os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(threads))  # what torch reads from the environment at start-up
-    lightning_app.PROCESS_START = time.monotonic()  # the budget counts from this process's start
+    lightning_app.IMPORTED_AT = time.time()  # as in a fresh process (its start comes from /proc/self first)
     sys.argv = ["-m", *request["argv"]]
     try:
         runpy.run_module("lightning_app", run_name="__main__", alter_sys=True)
