@@ -234,7 +234,7 @@ def read_weekly_gpu_quota():
 
 
 def _find_credentials():
-    from lightning_app.persistence.credentials import find_credentials
+    from lightning_app.persistence.kaggle.credentials import find_credentials
 
     return find_credentials()
 
@@ -310,7 +310,7 @@ class SessionBudget:
 
         Args:
             read_quota: returns a ``GpuQuota`` (``left_seconds``, ``source``); default `read_weekly_gpu_quota`.
-            find_credentials: returns the Kaggle credentials or None; default ``persistence.credentials``'.
+            find_credentials: returns the Kaggle credentials or None; default ``persistence.kaggle.credentials``'.
         """
         if not self.quota_matters or self._quota_asked:
             return
@@ -359,7 +359,7 @@ def _span(seconds: float) -> str:
 
 def _reason(error: BaseException) -> str:
     """An exception as a short phrase for one log line, with no credential in it."""
-    from lightning_app.persistence.credentials import redact_secrets
+    from lightning_app.persistence.kaggle.credentials import redact_secrets
 
     text = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
     return redact_secrets(text)[:200]

@@ -12,7 +12,7 @@ import pytest
 import lightning_app
 from lightning_app import session
 from lightning_app.errors import ConfigError
-from lightning_app.persistence.store_protocol import TransientError
+from lightning_app.persistence.store import TransientError
 from lightning_app.session import (
     KAGGLE_MARGIN_SECONDS,
     SESSION_START_VARIABLE,
