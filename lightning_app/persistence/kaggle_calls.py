@@ -20,6 +20,8 @@ Operations (``args`` keys in brackets):
   look at the dataset, no upload; ``whoami`` []: the user the credentials log in as (``kaggle_versions.py``).
 - ``list`` [ref (owner/slug or owner/slug/N)]: ``{"files": [[name, size], ...]}``, all pages.
 - ``download`` [ref, path]: ``{"zip": path/<slug>.zip}``.
+- ``download_file`` [ref, name, path, size]: one file, unwrapped, in ``path`` (``kaggle_files.py``).
+- ``quota`` []: the weekly GPU quota (``kaggle_quota.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_app.persistence.kaggle_errors import Failure, failure_outcome, http_status, login_failure
+from lightning_app.persistence.kaggle_files import op_download_file
+from lightning_app.persistence.kaggle_quota import op_quota
 
 _MAX_PAGES = 1000
 #: Statuses after which a new version may be created ("failed"/"deleted" versions block nothing; kaggle 1.6
@@ -186,6 +190,8 @@ OPS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "publish": op_publish,
     "list": op_list,
     "download": op_download,
+    "download_file": op_download_file,
+    "quota": op_quota,
 }
 #: Operations of ``kaggle_versions`` (imported when used: it imports this module).
 VERSION_OPS = ("settle", "check", "whoami")
