@@ -255,3 +255,19 @@ def test_list_kernels(api, fake_kaggle):
     assert sorted(k.ref for k in api.kernels_list(mine=True)) == ["fake-user/lm-chain", "fake-user/made-in-the-editor"]
     assert [k.ref for k in api.kernels_list(search="editor", user="fake-user")] == ["fake-user/made-in-the-editor"]
     assert status(api, "fake-user/made-in-the-editor").status.name == "NEW_SCRIPT"
+
+
+def test_a_token_that_may_not_write_cannot_push(api, fake_kaggle, monkeypatch):
+    save(api)  # before KAGGLE_API_TOKEN is set: kagglesdk would send that token for this client too
+    fake_kaggle.add_token("KGAT_read_only", may_write=False)
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_read_only")
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    reader = KaggleApi()
+    reader.authenticate()
+    with pytest.raises(requests.HTTPError, match="kernels.create") as caught:
+        save(reader)
+    assert caught.value.response.status_code == 403 and len(fake_kaggle.kernel_versions(REF)) == 1
+    assert status(reader).status.name == "QUEUED"  # it may still read
