@@ -27,7 +27,7 @@ no reply carries); a test plays a cancel from the web UI with ``set_kernel_statu
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import re
 import threading
 import time
@@ -373,7 +373,7 @@ class KernelsState:
 
 def snapshot(version: KernelVersion) -> KernelVersion:
     """A copy the test may keep (the server goes on changing its own)."""
-    return dataclasses.replace(version, request=dict(version.request))
+    return copy.deepcopy(version)
 
 
 def _refused(text: str) -> Reply:
