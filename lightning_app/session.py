@@ -226,9 +226,9 @@ class Limit:
 
 
 def read_weekly_gpu_quota():
-    """The weekly GPU quota, through the Kaggle client (``lightning_app.persistence.kaggle_quota``), imported only
+    """The weekly GPU quota, through the Kaggle client (``lightning_app.persistence.kaggle.quota``), imported only
     when asked: it is the one place that knows the client's versions."""
-    from lightning_app.persistence.kaggle_quota import read_gpu_quota
+    from lightning_app.persistence.kaggle.quota import read_gpu_quota
 
     return read_gpu_quota()
 

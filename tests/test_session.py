@@ -251,7 +251,7 @@ def test_a_bad_budget_names_the_option(fake_proc, clock):
 
 @dataclass(frozen=True)
 class Quota:
-    """What ``persistence.kaggle_quota.read_gpu_quota`` returns (``GpuQuota``), as far as the budget reads it."""
+    """What ``persistence.kaggle.quota.read_gpu_quota`` returns (``GpuQuota``), as far as the budget reads it."""
 
     used_seconds: float
     allowed_seconds: float
@@ -263,7 +263,7 @@ class Quota:
 
 
 class QuotaUnavailable(Exception):
-    """Stands in for ``persistence.kaggle_quota.QuotaUnavailable``: the budget catches every exception alike."""
+    """Stands in for ``persistence.kaggle.quota.QuotaUnavailable``: the budget catches every exception alike."""
 
 
 class Reader:

@@ -81,7 +81,7 @@ class DirectoryStore(CheckpointStore):
             raise TransientError(f"{self.description}: cannot read {folder.name}: {error}") from error
         return VersionContents(int(folder.name[1:]), listed, found)
 
-    def fetch_file(self, name: str, dest: Path, version: int) -> Path:
+    def fetch_file(self, name: str, dest: Path, version: int, size: int | None = None) -> Path:
         """Copy ``name`` of ``version`` into ``dest`` (whole or not at all)."""
         source = self._version_folder(version) / name
         target = Path(dest) / name

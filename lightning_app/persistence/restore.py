@@ -46,7 +46,7 @@ from lightning_app.persistence.folder import (
 )
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest, settings_mismatch
 from lightning_app.persistence.retry import retry_call
-from lightning_app.persistence.store import CheckpointStore, NotFoundError, StoreChoice, StoreError
+from lightning_app.persistence.store import CheckpointStore, NoSpaceError, NotFoundError, StoreChoice, StoreError
 from lightning_app.session import kaggle_input_dir
 
 log = logging.getLogger("lightning_app.restore")
@@ -254,7 +254,9 @@ class _Dataset:
             check_room(self.download_dir, size)
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                self._call(lambda: self.store.fetch_file(name, path.parent, version))
+                self._call(lambda: self.store.fetch_file(name, path.parent, version, size or None))
+            except NoSpaceError:
+                raise ConfigError(disk_full_line(self.download_dir, free_bytes(self.download_dir), size)) from None
             except NotFoundError:
                 raise
             except StoreError as error:

@@ -74,6 +74,10 @@ class NotFoundError(StoreError):
     """The dataset (or version) does not exist yet."""
 
 
+class NoSpaceError(StoreError):
+    """A download's disk has no room for the file (ENOSPC/EDQUOT, or less free space than the file needs)."""
+
+
 @dataclass(frozen=True)
 class VersionContents:
     """One version as a store lists it: its number, its files, and the text of the small files asked for."""
@@ -112,9 +116,10 @@ class CheckpointStore(ABC):
         published yet, or a version deleted)."""
 
     @abstractmethod
-    def fetch_file(self, name: str, dest: Path, version: int) -> Path:
+    def fetch_file(self, name: str, dest: Path, version: int, size: int | None = None) -> Path:
         """Download the one file ``name`` of ``version`` into the folder ``dest`` (onto its disk, needing about
-        the file's size) and return its path there; the file is whole or absent."""
+        the file's size) and return its path there; the file is whole or absent. ``size``, when known, is
+        checked. `NoSpaceError` when ``dest``'s disk has no room for it."""
 
     def list_files(self, version: int | None = None) -> list[RemoteFile]:
         """Files of ``version`` (default: the newest one)."""

@@ -1,4 +1,4 @@
-"""Fault injection for the fake Kaggle server: fail, hang or drop the next N matching requests.
+"""Fault injection for the fake Kaggle server: fail, hang, drop or cut off the next N matching requests.
 
 A fault matches a request by RPC name (``"CreateDatasetVersion"``) or HTTP method (``"PUT"`` for blob uploads,
 ``"GET"`` for zip downloads, ``"POST"`` for every RPC); ``methods=None`` matches everything. Faults queue in the
@@ -17,8 +17,8 @@ class Fault:
     """What to do to the next ``remaining`` matching requests.
 
     Attributes:
-        action: ``"fail"`` (answer ``status``), ``"hang"`` (hold until released, then drop) or ``"drop"`` (close
-            the socket with no response).
+        action: ``"fail"`` (answer ``status``), ``"hang"`` (hold until released, then drop), ``"drop"`` (close
+            the socket with no response) or ``"cut"`` (send the headers and half the body, then close).
         remaining: how many more requests it applies to.
         methods: RPC names or HTTP methods it matches; None for all.
         status: the HTTP status of a ``"fail"``.
@@ -57,7 +57,7 @@ class FaultPlan:
     def add(self, fault: Fault) -> None:
         if fault.remaining < 0:
             raise ValueError(f"n must be >= 0; got {fault.remaining}")
-        if fault.action not in ("fail", "hang", "drop"):
+        if fault.action not in ("fail", "hang", "drop", "cut"):
             raise ValueError(f"unknown fault action {fault.action!r}")
         with self._lock:
             self._faults.append(fault)

@@ -1,8 +1,8 @@
 """HTTP plumbing of the fake Kaggle server: read a request, log it, apply a fault, route it, send the reply.
 
 Routes: ``POST /api/v1/<service>/<Method>`` (RPCs, authenticated except IntrospectToken), ``PUT /upload/<token>``
-(blob bytes, no auth, like a signed URL) and ``GET /download/<owner>/<slug>/<n>/<slug>.zip`` (the target of
-DownloadDataset's 302, with Content-Length and Last-Modified).
+(blob bytes, no auth, like a signed URL) and ``GET /download/...`` (the targets of DownloadDataset's 302, no auth,
+with Content-Length, Last-Modified and byte ranges; ``downloads.py``).
 """
 
 from __future__ import annotations
@@ -11,20 +11,24 @@ import contextlib
 import json
 import socket
 from dataclasses import dataclass
-from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tests.fake_kaggle.faults import Fault
-from tests.fake_kaggle.state import Reply, error
+from tests.fake_kaggle.replies import Reply, error
 
 if TYPE_CHECKING:
     from tests.fake_kaggle.server import FakeKaggle
 
 
-#: RPCs that create something: refused to a read-only token.
-WRITE_RPCS = ("CreateDataset", "CreateDatasetVersion", "CreateDatasetVersionById")
+#: RPCs that create something, and the permission a read-only token is refused.
+WRITE_RPCS = {
+    "CreateDataset": "datasets.create",
+    "CreateDatasetVersion": "datasets.create",
+    "CreateDatasetVersionById": "datasets.create",
+    "SaveKernel": "kernels.create",
+}
 
 
 @dataclass
@@ -70,6 +74,10 @@ class Handler(BaseHTTPRequestHandler):
             self._apply(fault, record)
             return
         reply = self._route(path, rpc, body)
+        if fault is not None and fault.action == "cut":
+            record.status = reply.status
+            self._send(reply, cut=True)
+            return
         if fault is not None:
             self._apply(fault, record)
             return
@@ -100,7 +108,7 @@ class Handler(BaseHTTPRequestHandler):
             if user is None and rpc != "IntrospectToken":
                 return error(401, "Unauthenticated: missing or invalid credentials")
             if rpc in WRITE_RPCS and not fake.may_write(self.headers.get("Authorization")):
-                return error(403, f"Permission 'datasets.create' was denied for {user}")
+                return error(403, f"Permission '{WRITE_RPCS[rpc]}' was denied for {user}")
             try:
                 data = json.loads(body or b"{}")
             except ValueError:
@@ -108,23 +116,28 @@ class Handler(BaseHTTPRequestHandler):
             return fake.state.rpc(rpc, user, data)
         if self.command == "PUT" and len(parts) == 2 and parts[0] == "upload":
             return Reply(fake.state.put_blob(parts[1], body, self.headers.get("Content-Range")), {})
-        if self.command == "GET" and len(parts) == 5 and parts[0] == "download" and parts[3].isdigit():
-            found = fake.state.version_zip(parts[1], parts[2], int(parts[3]))
+        if self.command == "GET" and parts[0] == "download":
+            found = fake.state.download(parts, self.headers.get("Range"), self.headers.get("If-Range"))
             if found is not None:
-                data, created = found
-                headers = {"Content-Type": "application/zip", "Last-Modified": formatdate(created, usegmt=True)}
-                return Reply(200, None, headers, data)
+                return found
         return error(404, f"no route for {self.command} {path}")
 
-    def _send(self, reply: Reply) -> None:
+    def _send(self, reply: Reply, cut: bool = False) -> None:
+        """Send ``reply``; with ``cut``, only its first half, then close the connection."""
         payload = reply.raw if reply.raw is not None else b"" if reply.body is None else json.dumps(reply.body).encode()
         headers = {"Content-Type": "application/json", **reply.headers, "Content-Length": str(len(payload))}
         self.send_response(reply.status)
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
-        for start in range(0, len(payload), 1 << 16):  # streamed in chunks, like a large download
-            self.wfile.write(payload[start : start + (1 << 16)])
+        end = len(payload) // 2 if cut else len(payload)
+        for start in range(0, end, 1 << 16):  # streamed in chunks, like a large download
+            self.wfile.write(payload[start : min(end, start + (1 << 16))])
+        if cut:
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

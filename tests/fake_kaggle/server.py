@@ -1,14 +1,17 @@
 """A fake Kaggle API on 127.0.0.1 that the real ``kaggle`` client (>= 1.7, kagglesdk wire protocol) talks to.
 
 Standard library only: a ``ThreadingHTTPServer`` on a free port in a daemon thread. It answers
-``POST /api/v1/<service>/<Method>`` RPCs (see ``state.py``), blob uploads (``PUT /upload/<token>``) and zip
-downloads (``GET /download/<owner>/<slug>/<n>/<slug>.zip``, reached by the 302 of DownloadDataset).
+``POST /api/v1/<service>/<Method>`` RPCs (datasets: ``state.py``; kernels and the quota: ``kernels.py``), blob
+uploads (``PUT /upload/<token>``) and downloads (``GET /download/...``, reached by the 302 of DownloadDataset:
+a version's zip, one file, or one file wrapped as ``<name>.zip``; ``downloads.py``). The test plays the Kaggle
+platform for pushed kernels through the methods of ``KernelControls`` (``kernel_controls.py``).
 
 Example::
 
     with FakeKaggle() as fake:
         env = fake.env(tmp_path)          # for subprocesses: {**os.environ, **env}
         fake.fail_next(1, status=500, methods="CreateDatasetVersion")
+        fake.wrap_files_above(1 << 20)    # single-file downloads above 1 MiB arrive as <name>.zip
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 from tests.fake_kaggle.faults import Fault, FaultPlan, as_methods
 from tests.fake_kaggle.handler import Handler, RequestRecord, Server
+from tests.fake_kaggle.kernel_controls import KernelControls
 from tests.fake_kaggle.state import Dataset, FakeState, Version
 
 #: Prepended to PYTHONPATH by ``env()``: its sitecustomize.py points kagglesdk at FAKE_KAGGLE_URL.
@@ -33,7 +37,7 @@ SITE_DIR = Path(__file__).resolve().parent / "site"
 UNSET_VARS = ("KAGGLE_API_TOKEN", "KAGGLE_API_V1_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL")
 
 
-class FakeKaggle:
+class FakeKaggle(KernelControls):
     """The fake Kaggle API server, its accepted credentials, fault injection and introspection.
 
     Args:
@@ -172,6 +176,11 @@ class FakeKaggle:
         """
         self.faults.add(Fault("drop", n, as_methods(methods), after_commit=after_commit))
 
+    def cut_next(self, n: int = 1, methods: str | Iterable[str] | None = "GET") -> None:
+        """Send the headers and half the body of the next ``n`` matching answers, then close the connection (a
+        download that breaks off; the request takes effect)."""
+        self.faults.add(Fault("cut", n, as_methods(methods), after_commit=True))
+
     def release(self) -> None:
         """Let hung requests go (each is then dropped)."""
         self.faults.release()
@@ -190,6 +199,17 @@ class FakeKaggle:
             raise ValueError(f"k must be >= 0; got {k}")
         with self.state.lock:
             self.state.lag_queries = k
+
+    def wrap_files_above(self, size: int | None) -> None:
+        """Single-file downloads (DownloadDataset with a file name) of files over ``size`` bytes arrive wrapped in
+        a zip named ``<name>.zip`` holding that one file, as large files do on the real service (None: never).
+
+        The real threshold is not published (a 61 KB file arrives as it is, a 144 MB one wrapped); the default
+        is None so that a test asks for wrapping where it means to."""
+        if size is not None and size < 0:
+            raise ValueError(f"size must be >= 0 or None; got {size}")
+        with self.state.lock:
+            self.state.wrap_above = size
 
     def fail_processing(self, n: int = 1) -> None:
         """The next ``n`` versions created fail processing (status "failed") after their create call answered
@@ -216,6 +236,14 @@ class FakeKaggle:
             dataset.versions.append(Version(1, dict(files or {"x.bin": b"x"}), "Initial release", time.time(), 0))
             self.state.datasets[ref] = dataset
         return dataset
+
+    def add_version(self, ref: str, files: dict[str, bytes], notes: str = "") -> Version:
+        """A new ready version of ``ref`` holding exactly ``files`` (published elsewhere, e.g. by another run)."""
+        with self.state.lock:
+            versions = self.state.datasets[ref].versions
+            version = Version(versions[-1].number + 1, dict(files), notes, time.time(), 0)
+            versions.append(version)
+        return version
 
     def delete_dataset(self, ref: str) -> None:
         """Delete ``ref``; like the real service, its slug stays "in use" for a new dataset."""

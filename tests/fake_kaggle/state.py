@@ -1,19 +1,22 @@
-"""What the fake Kaggle server stores, and the RPCs that read and change it (no HTTP in here).
+"""What the fake Kaggle server stores for datasets, and the RPCs that read and change it (no HTTP in here).
 
 Each RPC takes the authenticated user (None when anonymous) and the camelCase JSON body that kagglesdk sends,
-and returns a ``Reply``. Everything runs under ``FakeState.lock``.
+and returns a ``Reply``. Everything runs under ``FakeState.lock``. Kernels (SaveKernel, the status and quota
+calls) live in ``kernels.py``, what the download URLs serve in ``downloads.py``; ``FakeState.rpc`` dispatches
+to the kernel RPCs too.
 """
 
 from __future__ import annotations
 
-import io
 import secrets
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, NamedTuple
+from typing import Any
+
+from tests.fake_kaggle import downloads
+from tests.fake_kaggle.kernels import KernelsState
+from tests.fake_kaggle.replies import Reply, error, iso
 
 #: What GetDatasetStatus answers for a version still processing (the client lower-cases it: "blobs_received").
 PENDING_STATUS = "BLOBS_RECEIVED"
@@ -75,24 +78,6 @@ class Dataset:
         return ready[-1] if ready else None
 
 
-class Reply(NamedTuple):
-    """An answer: JSON ``body``, or ``raw`` bytes (a zip) sent with ``headers``."""
-
-    status: int
-    body: dict[str, Any] | None
-    headers: dict[str, str] = {}
-    raw: bytes | None = None
-
-
-def error(status: int, message: str) -> Reply:
-    """The error shape kagglesdk turns into ``requests.HTTPError(message)``."""
-    return Reply(status, {"code": status, "message": message})
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
 class FakeState:
     """Datasets, versions and blobs, with one lock around all of them."""
 
@@ -109,13 +94,21 @@ class FakeState:
         self.usernames_by_token: dict[str, str] = {}
         self.refusing = False  # refuse_credentials(): tokens introspect as inactive
         self.deleted_refs: set[str] = set()  # slugs a deleted dataset still keeps
+        self.wrap_above: int | None = None  # single files larger than this are served wrapped in a zip
+        self.kernels = KernelsState(self.lock, self.dataset_visible)
 
     def rpc(self, name: str, user: str | None, body: dict[str, Any]) -> Reply:
-        handler = getattr(self, f"_rpc_{name}", None)
+        handler = getattr(self, f"_rpc_{name}", None) or getattr(self.kernels, f"_rpc_{name}", None)
         if handler is None:
             return error(404, f"unknown method {name}")
         with self.lock:
             return handler(user, body)
+
+    def dataset_visible(self, user: str | None, ref: str) -> bool:
+        """Whether ``user`` may see (and so attach) the dataset ``owner/slug``."""
+        with self.lock:
+            dataset = self.datasets.get(ref)
+            return dataset is not None and (not dataset.is_private or dataset.owner == user)
 
     # -- blobs ---------------------------------------------------------------------------------------------
 
@@ -250,7 +243,7 @@ class FakeState:
         start = int(body.get("pageToken") or 0)
         size = int(body.get("pageSize") or 20)
         names = sorted(version.files)
-        created = _iso(version.created)
+        created = iso(version.created)
         files = [
             {
                 "ref": f"{dataset.ref}/{name}",
@@ -272,27 +265,50 @@ class FakeState:
         version = self._version(dataset, body.get("datasetVersionNumber"))
         if isinstance(version, Reply):
             return version
-        location = f"{self.base_url}/download/{dataset.ref}/{version.number}/{dataset.slug}.zip"
+        name = body.get("fileName")
+        if not name:
+            location = f"{self.base_url}/download/{dataset.ref}/{version.number}/{dataset.slug}.zip"
+            return Reply(302, None, {"Location": location})
+        if name not in version.files:
+            return error(404, f"{dataset.ref}: version {version.number} has no file {name!r}")
+        wrapped = self.wrap_above is not None and len(version.files[name]) > self.wrap_above
+        location = downloads.file_url(self.base_url, dataset.ref, version.number, name, wrapped)
         return Reply(302, None, {"Location": location})
 
     def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> Reply:
         username = None if self.refusing else self.usernames_by_token.get(str(body.get("token", "")))
         return Reply(200, {"active": True, "username": username} if username else {"active": False})
 
-    # -- downloads -----------------------------------------------------------------------------------------
+    # -- downloads ---------------------------------------------------------------------------------------------
+
+    def download(self, parts: list[str], range_header: str | None, if_range: str | None) -> Reply | None:
+        """What a GET of ``/download/...`` (a 302 target of DownloadDataset) answers; None if no such route."""
+        single = downloads.parse_file_path(parts)
+        if single is None:
+            if len(parts) != 5 or parts[0] != "download" or not parts[3].isdigit() or parts[4] != f"{parts[2]}.zip":
+                return None
+            found = self.version_zip(parts[1], parts[2], int(parts[3]))
+            return None if found is None else downloads.serve(*found, "application/zip", range_header, if_range)
+        owner, slug, number, name, wrapped = single
+        with self.lock:
+            version = self._stored_version(f"{owner}/{slug}", number)
+            if version is None or name not in version.files:
+                return None
+            data, created = version.files[name], version.created
+        if wrapped:  # one member, under the file's base name
+            data = downloads.zip_of({name.rsplit("/", 1)[-1]: data}, created)
+        content_type = "application/zip" if wrapped else "application/octet-stream"
+        return downloads.serve(data, created, content_type, range_header, if_range)
 
     def version_zip(self, owner: str, slug: str, number: int) -> tuple[bytes, float] | None:
         """The zip a version downloads as, and its modification time; None if there is no such version."""
         with self.lock:
-            dataset = self.datasets.get(f"{owner}/{slug}")
-            version = next((v for v in dataset.versions if v.number == number), None) if dataset else None
+            version = self._stored_version(f"{owner}/{slug}", number)
             if version is None:
                 return None
-            files = dict(version.files)
-            created = version.created
-        buffer = io.BytesIO()
-        stamp = time.gmtime(max(created, 315532800))[:6]  # zip dates start in 1980
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name in sorted(files):
-                archive.writestr(zipfile.ZipInfo(name, stamp), files[name], zipfile.ZIP_DEFLATED)
-        return buffer.getvalue(), created
+            files, created = dict(version.files), version.created
+        return downloads.zip_of(files, created), created
+
+    def _stored_version(self, ref: str, number: int) -> Version | None:
+        dataset = self.datasets.get(ref)
+        return next((v for v in dataset.versions if v.number == number), None) if dataset else None

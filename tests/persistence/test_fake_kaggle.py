@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -21,18 +20,6 @@ import requests
 from lightning_app.persistence.kaggle.client import dataset_state as _status
 
 REF = "fake-user/test-dataset"
-
-
-@pytest.fixture
-def api(fake_kaggle, kaggle_env, tmp_path, monkeypatch):
-    """An authenticated in-process ``KaggleApi`` talking to the fake server."""
-    monkeypatch.setattr(tempfile, "tempdir", kaggle_env["TMPDIR"])  # the client's resumable-upload state
-    with fake_kaggle.point_client_here():
-        from kaggle.api.kaggle_api_extended import KaggleApi
-
-        client = KaggleApi()
-        client.authenticate()
-        yield client
 
 
 def _folder(root: Path, name: str, files: dict[str, bytes], ref: str = REF) -> Path:
@@ -231,3 +218,44 @@ def test_zip_download_headers(api, fake_kaggle, tmp_path):
     assert response.headers["Content-Length"] == str(len(response.content))
     assert response.headers["Last-Modified"].endswith("GMT")
     assert zipfile.ZipFile(io.BytesIO(response.content)).read("a") == b"1"
+
+
+def test_one_file_of_a_version_arrives_as_it_is_or_wrapped(api, fake_kaggle, tmp_path):
+    small, large = b"s" * 10, os.urandom(5000)
+    api.dataset_create_new(_folder(tmp_path, "v1", {"small.txt": small, "model.ckpt": large}), public=False, quiet=True)
+    api.dataset_create_version(_folder(tmp_path, "v2", {"small.txt": b"newer"}), version_notes="two", quiet=True)
+    fake_kaggle.wrap_files_above(1000)
+    dest = tmp_path / "dl"
+    assert api.dataset_download_file(REF, "small.txt", path=str(dest), force=True, quiet=True)
+    assert (dest / "small.txt").read_bytes() == b"newer"  # the newest version
+    api.dataset_download_file(f"{REF}/1", "small.txt", path=str(dest), force=True, quiet=True)
+    assert (dest / "small.txt").read_bytes() == small
+    api.dataset_download_file(f"{REF}/1", "model.ckpt", path=str(dest), force=True, quiet=True)
+    assert sorted(p.name for p in dest.iterdir()) == ["model.ckpt.zip", "small.txt"]  # named after the URL
+    with zipfile.ZipFile(dest / "model.ckpt.zip") as archive:
+        assert archive.namelist() == ["model.ckpt"] and archive.read("model.ckpt") == large
+    sent = json.loads(fake_kaggle.calls("DownloadDataset")[-1].body)
+    assert sent == {"ownerSlug": "fake-user", "datasetSlug": "test-dataset", "fileName": "model.ckpt"} | {
+        "datasetVersionNumber": 1
+    }
+    with pytest.raises(requests.HTTPError) as caught:
+        api.dataset_download_file(REF, "model.ckpt", path=str(dest), force=True, quiet=True)
+    assert caught.value.response.status_code == 404  # not in the newest version
+
+
+def test_downloads_resume_from_a_byte_and_can_be_cut_off(api, fake_kaggle, tmp_path):
+    data = os.urandom(3000)
+    api.dataset_create_new(_folder(tmp_path, "v1", {"a.bin": data}), public=False, quiet=True)
+    url = f"{fake_kaggle.url}/download/{REF}/1/files/a.bin"
+    whole = requests.get(url, timeout=5)
+    assert whole.content == data and whole.headers["Accept-Ranges"] == "bytes"
+    part = requests.get(url, headers={"Range": "bytes=1000-", "If-Range": whole.headers["ETag"]}, timeout=5)
+    assert part.status_code == 206 and part.content == data[1000:]
+    assert part.headers["Content-Range"] == "bytes 1000-2999/3000"
+    changed = requests.get(url, headers={"Range": "bytes=1000-", "If-Range": '"another-object"'}, timeout=5)
+    assert changed.status_code == 200 and changed.content == data
+    assert requests.get(url, headers={"Range": "bytes=3000-"}, timeout=5).status_code == 416
+    fake_kaggle.cut_next(1)
+    with pytest.raises(requests.RequestException):
+        requests.get(url, timeout=5).raise_for_status()
+    assert requests.get(url, timeout=5).content == data

@@ -44,7 +44,7 @@ def test_close_kills_the_hung_call_and_discards_the_waiting_job(kaggle_env, fake
     publisher = BackgroundPublisher(store, attempts=6, base_delay=60.0, max_delay=600.0)
     first, second = _stage(tmp_path, "first"), _stage(tmp_path, "second")
     publisher.submit(first)
-    child = wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
+    child = wait_for(lambda: next(iter(store._calls._children), None), what="kaggle call child")
     wait_for(lambda: fake_kaggle.faults.pending() == 0, what="hung request")
     publisher.submit(second)  # waits behind the hung one
     assert publisher.flush(timeout=0.5) is False
@@ -71,7 +71,7 @@ def test_store_cancel_ends_the_publish_in_progress(kaggle_env, fake_kaggle, tmp_
 
     thread = threading.Thread(target=publish)
     thread.start()
-    child = wait_for(lambda: next(iter(store._calls._children), None), what="kaggle_calls child")
+    child = wait_for(lambda: next(iter(store._calls._children), None), what="kaggle call child")
     store.cancel()
     thread.join(10)
     assert not thread.is_alive() and errors and _gone(child.pid)
@@ -108,7 +108,7 @@ def _kaggle_calls_under(path: Path) -> list[str]:
             text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "kaggle_calls" in text and str(path) in text:
+        if "lightning_app.persistence.kaggle.child" in text and str(path) in text:
             found.append(f"{cmdline.parent.name}: {text}")
     return found
 

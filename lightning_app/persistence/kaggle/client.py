@@ -3,6 +3,9 @@ generations this project supports (1.8.x, which Kaggle's notebook image pins, an
 
 - ``dataset_status(ref, format=...)`` (status and ``current_version_number`` in one call) exists from 2.1.1; on
   1.8 the same two kagglesdk requests are made here (GetDatasetStatus, GetDataset).
+- One file of a version arrives wrapped in a zip when it is large: 2.2.5 can unwrap it, 1.8 cannot
+  (`download_file` does it for both).
+- The weekly GPU quota: ``quota_view()`` from 2.2.1; on 1.8 the same request through kagglesdk >= 0.1.28.
 - Listings come back as ``files[i].name`` / ``total_bytes`` with ``next_page_token`` on every supported client.
 - The client's own retry loop (``with_retry``) is switched off: each call is one bounded attempt, and the parent's
   retry policy (``retry.py``) decides whether another follows.
@@ -12,15 +15,24 @@ generations this project supports (1.8.x, which Kaggle's notebook image pins, an
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Callable
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from lightning_app.persistence.kaggle.errors import login_failure
+from lightning_app.persistence.kaggle.errors import http_status, login_failure
 from lightning_app.persistence.kaggle.outcomes import CallFailed, FailureKind
 
 _MAX_PAGES = 1000
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+#: A marker kaggle 2.2.5 keeps beside a download in progress (it resumes from it); never the file itself.
+_PARTIAL_SUFFIX = ".kaggle-partial"
 
 
 def connect() -> Any:
@@ -83,23 +95,145 @@ def list_files(api: Any, ref: str) -> list[tuple[str, int]]:
     raise CallFailed(FailureKind.ERROR, f"{ref}: more than {_MAX_PAGES} pages of files")
 
 
-def download_file(api: Any, ref: str, name: str, folder: Path) -> Path:
-    """Download the one file ``name`` of ``ref`` (``owner/slug/N``) into ``folder``; returns its path.
+def download_file(api: Any, ref: str, name: str, folder: Path, size: int | None = None) -> dict[str, Any]:
+    """Download the one file ``name`` of ``ref`` (``owner/slug`` or ``owner/slug/N``) into ``folder``:
+    ``{"path", "bytes", "wrapped", "peak"}``.
 
-    The service wraps a large file in ``<name>.zip``: it is unpacked beside it and the zip removed, so the disk
-    holds about the file twice at most for a moment (zip and file), once afterwards.
+    The service answers with a 302 to a storage URL, and wraps a large file in ``<name>.zip`` holding just it (the
+    size above which it does is not published). kaggle 2.2.5 can unwrap it, 1.8 cannot: it is unwrapped here for
+    both. The file is downloaded into a scratch folder inside ``folder`` (never ``/tmp``: on Kaggle another,
+    smaller disk) and moved into place with ``os.replace``; the extra disk at the peak is the file, or for a
+    wrapped one the zip plus the file. Free space is checked first (kaggle 2.2.5 retries an out-of-space write for
+    about a minute before it gives up).
     """
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise CallFailed(FailureKind.ERROR, f"{name!r} is not the name of a file directly in a dataset version")
     folder.mkdir(parents=True, exist_ok=True)
-    api.dataset_download_file(ref, name, path=str(folder), force=True, quiet=True)
-    target, wrapped = folder / name, folder / f"{name}.zip"
-    if wrapped.is_file() and not target.is_file():
-        from lightning_app.persistence.kaggle.archive import safe_extract
+    if size is not None:
+        _need_room(folder, int(size), name)
+    work = Path(tempfile.mkdtemp(prefix=".kaggle-file-", dir=folder))
+    try:
+        try:  # force: never resume onto, nor keep, a file left by an earlier attempt
+            api.dataset_download_file(ref, name, path=str(work), force=True, quiet=True)
+        except OSError as error:
+            if getattr(error, "errno", None) in _NO_SPACE:
+                raise CallFailed(FailureKind.DISK_FULL, f"no space left in {folder} for {name} ({error})") from error
+            raise
+        arrived, zip_bytes = work / name, 0
+        wrapped = not arrived.is_file()
+        if wrapped:
+            arrived = work / f"{name}.zip"
+            if not arrived.is_file():
+                left = sorted(p.name for p in work.iterdir() if not p.name.endswith(_PARTIAL_SUFFIX))
+                raise CallFailed(FailureKind.TRANSIENT, f"the download of {name} left {left or 'nothing'}")
+            zip_bytes = arrived.stat().st_size
+            arrived = _unwrap(arrived, work / f"{name}.part", folder, name)
+        target = folder / name
+        os.replace(arrived, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size = target.stat().st_size
+    return {"path": str(target), "bytes": size, "wrapped": wrapped, "peak": size + zip_bytes}
 
-        safe_extract(wrapped, folder)
-        wrapped.unlink()
-    if not target.is_file():
-        raise CallFailed(FailureKind.TRANSIENT, f"the download of {name} left no file")
-    return target
+
+def _unwrap(archive: Path, part: Path, folder: Path, name: str) -> Path:
+    """The one file inside ``archive`` written to ``part`` (on the same disk); the zip is removed."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = [m for m in zipped.infolist() if not m.is_dir()]
+            if len(members) != 1:
+                raise CallFailed(
+                    FailureKind.ERROR, f"{name} arrived as {archive.name} holding {len(members)} files, not one"
+                )
+            _need_room(folder, members[0].file_size, name)
+            try:
+                with zipped.open(members[0]) as source, open(part, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            except OSError as error:
+                if getattr(error, "errno", None) in _NO_SPACE:
+                    raise CallFailed(
+                        FailureKind.DISK_FULL, f"no space left in {folder} to unwrap {name} ({error})"
+                    ) from error
+                raise
+    except zipfile.BadZipFile as error:  # cut off or damaged on the way: another attempt can succeed
+        raise CallFailed(FailureKind.TRANSIENT, f"{name} arrived as a damaged {archive.name} ({error})") from error
+    archive.unlink()
+    return part
+
+
+def _need_room(folder: Path, size: int, name: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < size:
+        need = f"{free / 1e6:.1f} MB free, it needs {size / 1e6:.1f} MB"
+        raise CallFailed(FailureKind.DISK_FULL, f"no space left in {folder} for {name}: {need}")
+
+
+def gpu_quota(api: Any) -> dict[str, Any]:
+    """The weekly GPU quota (GetAcceleratorQuotaStatistics): ``{used_seconds, allowed_seconds, reserved_seconds,
+    refreshes_at (ISO, UTC, or None), source}``. kaggle >= 2.2.1 asks with ``quota_view()``; kaggle 1.8 has no such
+    call, but its kagglesdk makes the same request from 0.1.28 on. An `Operation.QUOTA` failure of kind
+    ``unavailable`` when this client cannot ask, or the answer holds no GPU quota."""
+    try:
+        response, source = _ask(api)
+    except Exception as error:
+        if http_status(error) == 404:  # a service that does not know the request
+            unknown = f"Kaggle does not answer the quota request ({error})"
+            raise CallFailed(FailureKind.UNAVAILABLE, unknown) from error
+        raise
+    gpu = getattr(response, "gpu_quota", None)
+    allowed = _seconds(getattr(gpu, "total_time_allowed", None))
+    if gpu is None or allowed is None:
+        raise CallFailed(FailureKind.UNAVAILABLE, "Kaggle's answer holds no GPU quota")
+    refresh = getattr(response, "quota_refresh_time", None)
+    if refresh is not None:  # kagglesdk parses the UTC timestamp without a time zone
+        refresh = refresh.replace(tzinfo=timezone.utc) if refresh.utcoffset() is None else refresh
+        refresh = refresh.astimezone(timezone.utc).isoformat()
+    return {
+        "used_seconds": _seconds(getattr(gpu, "time_used", None)) or 0.0,  # a zero Duration arrives as None
+        "allowed_seconds": allowed,
+        "reserved_seconds": _seconds(getattr(gpu, "time_reserved", None)) or 0.0,
+        "refreshes_at": refresh,
+        "source": source,
+    }
+
+
+def _ask(api: Any) -> tuple[Any, str]:
+    """The GetAcceleratorQuotaStatistics response, and which way it was asked."""
+    if hasattr(api, "quota_view"):  # kaggle >= 2.2.1
+        return api.quota_view(), "quota_view"
+    try:
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
+    except ImportError:
+        raise _cannot_tell() from None
+    with api.build_kaggle_client() as kaggle:
+        kernels = kaggle.kernels.kernels_api_client
+        if not hasattr(kernels, "get_accelerator_quota_statistics"):
+            raise _cannot_tell()
+        return kernels.get_accelerator_quota_statistics(ApiGetAcceleratorQuotaStatisticsRequest()), "kagglesdk"
+
+
+def _cannot_tell() -> CallFailed:
+    why = f"{_client()} cannot tell the GPU quota (kaggle >= 2.2.1 or kagglesdk >= 0.1.28 can)"
+    return CallFailed(FailureKind.UNAVAILABLE, why)
+
+
+def _seconds(value: Any) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _client() -> str:
+    """``kaggle X / kagglesdk Y`` as installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"no {name}"
+
+    return f"{installed('kaggle')} with {installed('kagglesdk')}"
 
 
 def check_created(response: Any) -> None:

@@ -12,7 +12,9 @@ classified by ``errors.py``). Arguments in brackets.
 - ``list`` [ref]: ``{"files": [[name, size], ...]}``.
 - ``read_version`` [ref, version, texts, path]: the version's number (the newest processed one by default), its
   files, and the text of the small files named in ``texts`` that it holds.
-- ``download_file`` [ref, version, name, path]: one file of a version, unwrapped when it arrives zipped.
+- ``download_file`` [ref, version, name, path, size]: one file of a version, unwrapped when it arrives zipped:
+  ``{"path", "bytes", "wrapped", "peak"}`` (the most extra disk it held at once).
+- ``quota`` []: the weekly GPU quota (``client.gpu_quota``).
 
 A new version is not there at once: the create reply carries no version number, the version answers 404 for a
 while, and ``current_version_number`` is the newest *processed* version (empty before the first one). So after a
@@ -206,13 +208,17 @@ def read_version(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     for name in args.get("texts") or ():
         size = dict(files).get(name)
         if size is not None and size <= _SMALL_FILE_LIMIT:
-            texts[name] = client.download_file(api, f"{ref}/{number}", name, work).read_text()
+            texts[name] = Path(client.download_file(api, f"{ref}/{number}", name, work, size)["path"]).read_text()
     return {"version": number, "files": files, "texts": texts}
 
 
 def download_file(api: Any, args: dict[str, Any]) -> dict[str, Any]:
-    path = client.download_file(api, f"{args['ref']}/{int(args['version'])}", args["name"], Path(args["path"]))
-    return {"path": str(path)}
+    ref = args["ref"] if args.get("version") is None else f"{args['ref']}/{int(args['version'])}"
+    return client.download_file(api, ref, str(args["name"]), Path(args["path"]), args.get("size"))
+
+
+def quota(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    return client.gpu_quota(api)
 
 
 OPERATIONS: dict[Operation, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
@@ -223,4 +229,5 @@ OPERATIONS: dict[Operation, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     Operation.LIST: list_version,
     Operation.READ_VERSION: read_version,
     Operation.DOWNLOAD_FILE: download_file,
+    Operation.QUOTA: quota,
 }

@@ -37,6 +37,8 @@ class FailureKind(str, Enum):
     TRANSIENT = "transient"  # a network error, 408, 429, 5xx: worth retrying
     NOT_FOUND = "not_found"  # the dataset or version does not exist (yet)
     REFUSED = "refused"  # a permission or a name the service will not take: never retried
+    DISK_FULL = "disk_full"  # no room on the disk a download was meant for
+    UNAVAILABLE = "unavailable"  # the installed client cannot ask this (the GPU quota on an old client)
     ERROR = "error"  # anything else
 
 

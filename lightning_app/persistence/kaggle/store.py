@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from lightning_app.persistence.retry import next_poll
 from lightning_app.persistence.store import (
     AuthError,
     CheckpointStore,
+    NoSpaceError,
     NotFoundError,
     ProcessingFailedError,
     PublishedVersion,
@@ -61,7 +63,25 @@ _ERRORS: dict[FailureKind, type[StoreError]] = {
     FailureKind.TRANSIENT: TransientError,
     FailureKind.NOT_FOUND: NotFoundError,
     FailureKind.REFUSED: RefusedError,
+    FailureKind.DISK_FULL: NoSpaceError,
 }
+
+
+@dataclass(frozen=True)
+class DownloadedFile:
+    """One file of a version, downloaded.
+
+    Attributes:
+        path: where it is now (inside the folder asked for).
+        size: its size in bytes.
+        wrapped: whether it arrived wrapped as ``<name>.zip``.
+        peak_bytes: the most extra disk the download held at once (the file; the zip plus the file if wrapped).
+    """
+
+    path: Path
+    size: int
+    wrapped: bool
+    peak_bytes: int
 
 
 class KaggleDatasetStore(CheckpointStore):
@@ -199,17 +219,23 @@ class KaggleDatasetStore(CheckpointStore):
             result = self._call(Operation.READ_VERSION, args)
         return VersionContents(result["version"], _remote(result["files"]), dict(result["texts"]))
 
-    def fetch_file(self, name: str, dest: Path, version: int) -> Path:
-        """Download ``name`` of ``version`` into ``dest`` (unwrapped when it arrives zipped; on ``dest``'s disk)."""
-        size = next((f.size for f in self.list_files(version) if f.name == name), 0)
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
-        args = {"ref": self.dataset, "version": version, "name": name, "path": str(dest)}
-        path = Path(self._call(Operation.DOWNLOAD_FILE, args, transfer_bytes=size)["path"])
-        if size and path.stat().st_size != size:
-            path.unlink(missing_ok=True)
-            raise TransientError(f"{self.description}: {name} arrived with {path.stat().st_size} of {size} bytes")
-        return path
+    def fetch_file(self, name: str, dest: Path, version: int, size: int | None = None) -> Path:
+        """Download ``name`` of ``version`` into ``dest`` (unwrapped when it arrives zipped; on ``dest``'s disk);
+        ``size``, when known, bounds the call and is checked."""
+        return self.download(name, dest, version, size).path
+
+    def download(self, name: str, dest: Path, version: int | None, size: int | None = None) -> DownloadedFile:
+        """`fetch_file`, saying how it arrived (wrapped or not) and the most extra disk it held at once."""
+        dest = Path(dest).absolute()
+        args = {"ref": self.dataset, "version": version, "name": name, "path": str(dest), "size": size}
+        result = self._call(Operation.DOWNLOAD_FILE, args, transfer_bytes=size or 0)
+        downloaded = DownloadedFile(
+            Path(result["path"]), int(result["bytes"]), bool(result["wrapped"]), int(result["peak"])
+        )
+        if size is not None and downloaded.size != size:
+            downloaded.path.unlink(missing_ok=True)
+            raise TransientError(f"{self.description}: {name} arrived with {downloaded.size} bytes, not {size}")
+        return downloaded
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -277,10 +303,10 @@ class KaggleDatasetStore(CheckpointStore):
         the child may spend waiting on purpose (polls after a create).
         """
         bound = self.call_timeout + transfer_bytes / self.transfer_rate_floor + extra
-        return _raise_failure(self._calls.run(op, args, bound, since), f"{self.description}: {op.value}")
+        return raise_failure(self._calls.run(op, args, bound, since), f"{self.description}: {op.value}")
 
 
-def _raise_failure(result: CallResult, what: str) -> dict[str, Any]:
+def raise_failure(result: CallResult, what: str) -> dict[str, Any]:
     """``result.result``, or its failure raised as the matching `StoreError` (never holding a secret)."""
     if result.ok:
         return result.result
@@ -296,7 +322,7 @@ def login_username(call_timeout: float = 120.0) -> str | None:
     Raises `AuthError` when the credentials are refused, `TransientError` when the service cannot be reached.
     """
     result = ChildCalls("kaggle").run(Operation.WHOAMI, {}, call_timeout)
-    return _raise_failure(result, "kaggle: logging in")["username"]
+    return raise_failure(result, "kaggle: logging in")["username"]
 
 
 def _remote(listed) -> tuple[RemoteFile, ...]:
