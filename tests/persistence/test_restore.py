@@ -121,7 +121,7 @@ def test_processes_that_restore_together_download_once(tmp_path):
     store = _remote(tmp_path, 1, 40)
     fetches = []
     real_fetch = store.fetch_file
-    store.fetch_file = lambda name, dest, version: fetches.append(dest) or real_fetch(name, dest, version)
+    store.fetch_file = lambda name, dest, *args: fetches.append(dest) or real_fetch(name, dest, *args)
     results = []
     options = RestoreOptions(input_dir=str(tmp_path / "none"))
     work = tmp_path / "work"
