@@ -270,6 +270,8 @@ class _Dataset:
         candidate never tried is older than the choice, or of another run), or it held none."""
         if chosen is not None and chosen.source == "remote":
             return False
+        if not self.look.versions or self.look.missing:  # nothing read: the dataset does not exist (yet)
+            return False
         return all(c.verified is False for c in self.last) and self._left > 0 and self.look.unreadable is None
 
 

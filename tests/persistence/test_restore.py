@@ -112,6 +112,14 @@ def test_nothing_found(tmp_path):
     assert inventory.chosen is None and not inventory.candidates
 
 
+def test_a_dataset_that_does_not_exist_yet_is_nothing_found(tmp_path):
+    """The first session of a run resumed with --resume: no dataset yet, nothing local or attached."""
+    inventory = collect(
+        tmp_path / "work", RestoreOptions(input_dir=str(tmp_path / "input")), DirectoryStore(tmp_path / "no-store")
+    )
+    assert inventory.chosen is None and not inventory.candidates and inventory.remote.missing
+
+
 def test_processes_that_restore_together_download_once(tmp_path):
     """torchrun/SLURM start every rank at once: under the folder lock the first downloads, the rest reuse it."""
     import threading
