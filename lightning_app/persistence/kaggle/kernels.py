@@ -28,6 +28,7 @@ from pathlib import Path
 from lightning_app.persistence.kaggle.calls import ChildCalls
 from lightning_app.persistence.kaggle.names import check_kernel
 from lightning_app.persistence.kaggle.outcomes import Operation
+from lightning_app.persistence.kaggle.quota import GpuQuota, gpu_quota_from
 from lightning_app.persistence.kaggle.store import raise_failure
 from lightning_app.persistence.store import RefusedError
 
@@ -71,6 +72,8 @@ class KernelState:
         failure_message: what Kaggle said about that session's failure, if anything.
         versions: ``{number: (status, failure_message)}`` for the versions asked about (``MISSING`` when unknown).
         token_version: the newest version, of the last few, whose source holds the token asked about.
+        quota: the weekly GPU quota, when asked and the client can tell.
+        quota_unavailable: why the quota, asked, could not be told.
     """
 
     exists: bool
@@ -79,6 +82,8 @@ class KernelState:
     failure_message: str = ""
     versions: dict[int, tuple[str, str]] = field(default_factory=dict)
     token_version: int | None = None
+    quota: GpuQuota | None = None
+    quota_unavailable: str = ""
 
     @property
     def active(self) -> bool:
@@ -123,10 +128,14 @@ class KaggleKernels:
         """The kernel's page on kaggle.com."""
         return f"https://www.kaggle.com/code/{self.ref}"
 
-    def state(self, versions: tuple[int, ...] = (), token: str | None = None, back: int = 5) -> KernelState:
-        """The kernel's newest version and session status, the status of each of ``versions``, and (with ``token``)
-        the newest of its last ``back`` versions whose source holds ``token``. One child process."""
+    def state(
+        self, versions: tuple[int, ...] = (), token: str | None = None, back: int = 5, quota: bool = False
+    ) -> KernelState:
+        """The kernel's newest version and session status, the status of each of ``versions``, (with ``token``) the
+        newest of its last ``back`` versions whose source holds ``token``, and (with ``quota``) the weekly GPU
+        quota. One child process."""
         args = {"ref": self.ref, "versions": [int(v) for v in versions], "token": token, "back": int(back)}
+        args["quota"] = quota
         result = self._call(Operation.KERNEL_STATE, args)
         if not result["exists"]:
             return KernelState(False)
@@ -137,6 +146,8 @@ class KaggleKernels:
             result["failure_message"],
             {int(number): (str(s), str(m)) for number, (s, m) in result["versions"].items()},
             result["token_version"],
+            gpu_quota_from(result["quota"]) if result.get("quota") else None,
+            result.get("quota_unavailable", ""),
         )
 
     def push(

@@ -12,6 +12,8 @@ classified by ``errors.py``). Arguments in brackets.
 - ``list`` [ref]: ``{"files": [[name, size], ...]}``.
 - ``read_version`` [ref, version, texts, path]: the version's number (the newest processed one by default), its
   files, and the text of the small files named in ``texts`` that it holds.
+- ``read_newest`` [items ([ref, name] pairs), path]: ``read_version`` of the newest version of each dataset, with
+  the text of its file ``name``: ``{ref: {"version", "files", "texts"} or None (no such dataset, or no version)}``.
 - ``download_file`` [ref, version, name, path, size]: one file of a version, unwrapped when it arrives zipped:
   ``{"path", "bytes", "wrapped", "peak"}`` (the most extra disk it held at once).
 - ``quota`` []: the weekly GPU quota (``client.gpu_quota``).
@@ -19,9 +21,10 @@ classified by ``errors.py``). Arguments in brackets.
   Save); with ``look_first``, a retry after a lost reply, first look whether the newest version already holds
   ``token`` (an earlier attempt made it: a second push would queue a second run): ``{"version", "url",
   "invalid_dataset_sources", "error", "existing"}``; a refusal is ``error`` (Kaggle's text, HTTP 200), no version.
-- ``kernel_state`` [ref, versions, token, back]: ``{"exists": False}``, or the newest version's number, the status of
-  the newest session (``status``, ``failure_message``), the status of each version in ``versions``, and the newest of
-  the last ``back`` versions whose source holds ``token`` (``token_version``; None when none does).
+- ``kernel_state`` [ref, versions, token, back, quota]: ``{"exists": False}``, or the newest version's number, the
+  status of the newest session (``status``, ``failure_message``), the status of each version in ``versions``, the
+  newest of the last ``back`` versions whose source holds ``token`` (``token_version``; None when none does), and
+  with ``quota`` the weekly GPU quota (``quota``, as ``quota`` answers; ``quota_unavailable``: why not).
 
 A new version is not there at once: the create reply carries no version number, the version answers 404 for a
 while, and ``current_version_number`` is the newest *processed* version (empty before the first one). So after a
@@ -220,6 +223,18 @@ def read_version(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"version": number, "files": files, "texts": texts}
 
 
+def read_newest(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for ref, name in args["items"]:
+        try:
+            found[ref] = read_version(api, {"ref": ref, "version": None, "texts": [name], "path": args["path"]})
+        except Exception as error:
+            if not _missing(error):
+                raise
+            found[ref] = None
+    return found
+
+
 def download_file(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     ref = args["ref"] if args.get("version") is None else f"{args['ref']}/{int(args['version'])}"
     return client.download_file(api, ref, str(args["name"]), Path(args["path"]), args.get("size"))
@@ -269,7 +284,7 @@ def kernel_state(api: Any, args: dict[str, Any]) -> dict[str, Any]:
         versions[str(int(number))] = [answer["status"], answer["failure_message"]]
     token = args.get("token")
     found = _version_holding(api, ref, str(token), int(args.get("back", 5)), newest) if token else None
-    return {
+    state = {
         "exists": True,
         "current_version": newest["current_version"],
         "status": session["status"],
@@ -277,6 +292,14 @@ def kernel_state(api: Any, args: dict[str, Any]) -> dict[str, Any]:
         "versions": versions,
         "token_version": found,
     }
+    if args.get("quota"):
+        try:
+            state["quota"] = client.gpu_quota(api)
+        except CallFailed as failure:
+            if failure.kind is not FailureKind.UNAVAILABLE:
+                raise
+            state["quota_unavailable"] = str(failure)
+    return state
 
 
 def _version_holding(api: Any, ref: str, token: str, back: int, newest: dict[str, Any] | None = None) -> int | None:
@@ -308,6 +331,7 @@ OPERATIONS: dict[Operation, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     Operation.WHOAMI: whoami,
     Operation.LIST: list_version,
     Operation.READ_VERSION: read_version,
+    Operation.READ_NEWEST: read_newest,
     Operation.DOWNLOAD_FILE: download_file,
     Operation.QUOTA: quota,
     Operation.PUSH_KERNEL: push_kernel,

@@ -21,6 +21,7 @@ class Operation(str, Enum):
     WHOAMI = "whoami"  # the user the credentials log in as
     LIST = "list"  # the files of a version
     READ_VERSION = "read_version"  # a version's number, its files, and the text of its small files
+    READ_NEWEST = "read_newest"  # the newest version of several datasets, with the text of one small file each
     DOWNLOAD_FILE = "download_file"  # one file of a version
     QUOTA = "quota"  # the weekly GPU quota
     PUSH_KERNEL = "push_kernel"  # save a new version of a script kernel, run or Quick Save
