@@ -42,6 +42,7 @@ EXIT_STARTED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOTHING_STARTED = 0, 1, 2, 3
 def _parser() -> CommandParser:
     parser = CommandParser(
         prog="python -m lightning_app launch",
+        usage="%(prog)s [OPTIONS] -- fit|sweep ARGS...\n       %(prog)s --status | --stop [--now]  --kernel OWNER/SLUG",
         description="Start training on Kaggle; each session starts the next until the work is done.",
         epilog="Example: python -m lightning_app launch -- fit --config configs/kaggle_t4x2.yaml",
     )
@@ -56,7 +57,9 @@ def _parser() -> CommandParser:
     )
     parser.add_argument("--status", action="store_true", help="print every session of the chain of --kernel")
     parser.add_argument("--stop", action="store_true", help="the running session of --kernel starts no other")
-    parser.add_argument("--now", action="store_true", help="with --stop: also end the running session")
+    parser.add_argument(
+        "--now", action="store_true", help="with --stop: also end the running session (says where: no API can)"
+    )
     return parser
 
 

@@ -4,8 +4,9 @@ PLAN`` (the generated script runs it once the project is installed; CODE is the 
 
 In order:
 
-1. Credentials: the kernel's Secrets (``KAGGLE_API_TOKEN``, or ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``). Without
-   them nothing could be published: say the missing step and stop before training.
+1. Credentials: the kernel's Secrets (``KAGGLE_API_TOKEN``, or ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``), used by
+   every process of the session rather than the notebook's own session token (which may not push a kernel).
+   Without them nothing could be published: say the missing step and stop before training.
 2. Which version of the kernel this is (its source holds the plan's token), and, when a session pushed it, wait
    (bounded) until Kaggle says that session has ended: two sessions of a chain never train at once.
 3. Read the chain's status; write down the versions that ran without a record (killed by the platform).
@@ -53,7 +54,7 @@ from lightning_app.launch.plan import Plan
 from lightning_app.launch.pushing import push_session
 from lightning_app.launch.retries import retried
 from lightning_app.persistence.folder import MANIFEST_NAME, read_manifest
-from lightning_app.persistence.kaggle.credentials import find_credentials
+from lightning_app.persistence.kaggle.credentials import find_credentials, secrets_fallback
 from lightning_app.persistence.kaggle.kernels import ACTIVE, ENDED, KaggleKernels, KernelState, PushRefused
 from lightning_app.persistence.manifest import Manifest
 from lightning_app.persistence.retry import next_poll
@@ -129,8 +130,8 @@ class KernelSession:
             f"a session of {plan.kernel}: `{plan.command}`, pushed by {by} at {utc(plan.pushed_at)}; the session "
             f"started at {utc(self.start.epoch)} ({self.start.source})"
         )
-        credentials = find_credentials()  # in a notebook: the Secrets, exported for every process started here
-        if credentials is None:
+        credentials = self._use_secrets()
+        if credentials is None or credentials.notebook_token:
             self.say(
                 f"no Kaggle credentials in this kernel: nothing can be published, so nothing is run. To do: "
                 f"{missing_credentials_step(plan.kernel)}"
@@ -158,6 +159,18 @@ class KernelSession:
         self._publish(f"version {self.version}: {decision.text}")
         return 0 if decision.decided in (PUSHED, FINISHED, QUOTA, STOPPED) else 1
 
+    @staticmethod
+    def _use_secrets():
+        """The kernel's Secrets, exported for every process this session starts, rather than the notebook's own
+        session token (which the client prefers, and which may not push a kernel): a chain needs the user's."""
+        fallback = secrets_fallback()  # None: no Secrets, or the client uses them already
+        for name, value in fallback.env.items() if fallback is not None else ():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        return find_credentials()  # in a notebook without other credentials: the Secrets, exported
+
     def _find_version_and_wait(self) -> bool:
         """Learn this session's version; wait for the session that pushed it to end. False: do not go on."""
         previous = self.plan.pushed_by
@@ -180,7 +193,8 @@ class KernelSession:
                     f"{span(WAIT_FOR_PREVIOUS_SECONDS)}: nothing is run (two sessions must not train at once)"
                 )
                 return False
-            self.say(f"waiting for version {previous} to end ({status})")
+            if pause == FIRST_POLL_SECONDS:
+                self.say(f"waiting for version {previous}, which started this one, to end ({status})")
             time.sleep(pause)  # polling the service: Kaggle tells no one when a session ends
             pause = next_poll(pause, LONGEST_POLL_SECONDS)
             state = retried(lambda: self.kernels.state(versions=(previous,)), "kernel state", self.say)
@@ -189,21 +203,25 @@ class KernelSession:
 
     def _open_record(self) -> SessionRecord:
         """This session's record in the chain, with the versions that ran without one written down."""
-        plan = self.plan
         self.chain = self._read_chain()
-        chain = self.chain
-        chain.command = chain.command or " ".join([plan.command, *map(_shown, plan.args)])
+        record = self.chain.record(self.version)
+        record.pushed_by, record.pushed_at, record.start = self.plan.pushed_by, self.plan.pushed_at, self.start.epoch
+        if self.chain_readable:  # else once it can be read (`_publish`): never written over what is there
+            self._complete(self.chain)
+        return record
+
+    def _complete(self, chain: ChainState) -> None:
+        """The chain's own fields from this plan, the pusher's decision, and the versions that left no record."""
+        plan = self.plan
+        chain.command = " ".join([plan.command, *map(_shown, plan.args)])
         chain.launch_command, chain.launched_at = plan.launch_command, plan.launched_at
         chain.checkpoints = plan.checkpoints
-        record = chain.record(self.version)
-        record.pushed_by, record.pushed_at, record.start = plan.pushed_by, plan.pushed_at, self.start.epoch
         if plan.pushed_by is not None:
             pusher = chain.record(plan.pushed_by)
             if pusher.decided != PUSHED:  # its decision was not published (killed after pushing?)
                 pusher.decided, pusher.decision = PUSHED, f"pushed version {self.version}"
             pusher.next_version = self.version
         self._note_unrecorded(chain)
-        return record
 
     def _read_chain(self) -> ChainState:
         try:
@@ -441,11 +459,11 @@ class KernelSession:
             except StoreError as error:
                 self.say(f"the chain's status is not published (it could not be read: {error}); see {STATUS_NAME}")
                 return
-            if newest is not None:  # merge: what was there first, then this session's record
-                for record in chain.sessions:
-                    newest.sessions = [r for r in newest.sessions if r.version != record.version] + [record]
-                newest.sessions.sort(key=lambda r: r.version)
-                self.chain = chain = newest
+            own = chain.record(self.version)
+            chain = newest or ChainState(self.plan.kernel)  # what is there, and this session's record in it
+            chain.sessions = sorted([r for r in chain.sessions if r.version != own.version] + [own], key=_version)
+            self._complete(chain)
+            self.chain = chain
         try:
             number = retried(lambda: self.store.write(chain, notes), "publishing the chain's status", self.say)
             self.say(f"the chain's status is {self.plan.chain_dataset} version {number}")
@@ -483,6 +501,10 @@ def _timestamp_epoch(stamp: str) -> float | None:
         return datetime.strptime(stamp[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc).timestamp()
     except ValueError:
         return None
+
+
+def _version(record: SessionRecord) -> int:
+    return record.version
 
 
 def _shown(arg: object) -> str:
