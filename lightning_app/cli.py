@@ -24,6 +24,7 @@ from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
 from callbacks.progress_bar import use_sync_progress_bar
+from lightning_app.data.canonical import precision_on_resume
 from lightning_app.errors import ConfigError
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers
 from lightning_app.module import LanguageModel
@@ -93,8 +94,10 @@ class TrainingCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
-        if config.trainer.precision is None:
-            config.trainer.precision = resolve_precision(config.trainer.accelerator)
+        if config.trainer.precision is None:  # auto; a resumed run keeps its own (only --resume PATH, for now)
+            config.trainer.precision = precision_on_resume(
+                config.get("resume"), resolve_precision(config.trainer.accelerator)
+            )
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "fit":  # validate/test runs keep their own version_N log folders
