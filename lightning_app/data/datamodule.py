@@ -15,7 +15,7 @@ from lightning_app.data.checks import check_int
 from lightning_app.data.loader import ResumableDataLoader
 from lightning_app.data.sampler import ResumableSampler, derive_seed
 from lightning_app.data.windows import TokenWindows
-from lightning_app.errors import bad_value
+from lightning_app.errors import ConfigError, bad_value
 
 
 class TokenWindowDataModule(pl.LightningDataModule):
@@ -72,9 +72,14 @@ class TokenWindowDataModule(pl.LightningDataModule):
         own_world, own_rank = self._world()
         world_size = own_world if world_size is None else world_size
         rank = (own_rank if world_size == own_world else 0) if rank is None else rank
-        if self._saved_layout is not None:
-            return resumed_layout(self._saved_layout, self.batch_size, world_size, rank, self._accumulate())[0]
-        return fresh_layout(self.canonical_ranks, self.batch_size, world_size, rank, self._accumulate())
+        try:
+            if self._saved_layout is not None:
+                return resumed_layout(self._saved_layout, self.batch_size, world_size, rank, self._accumulate())[0]
+            return fresh_layout(self.canonical_ranks, self.batch_size, world_size, rank, self._accumulate())
+        except ConfigError:
+            if own_rank != 0:  # every rank stops at the same point; rank 0 says why, in one line
+                raise SystemExit(2) from None
+            raise
 
     def global_batch_size(self) -> int:
         """Samples per optimizer step: canonical ranks x ``batch_size`` x ``accumulate_grad_batches``."""

@@ -169,3 +169,12 @@ def test_three_ranks_take_the_same_samples_per_step_and_say_it_is_not_bit_exact(
     shares = [len(samples_per_step(records, 3, only_rank=rank)[20]) for rank in range(3)]
     assert shares == [5, 5, 6]  # 16 samples over 3 ranks: [0, 5), [5, 10), [10, 16)
     assert load(newest_checkpoint(tmp_path / "checkpoints"))["global_step"] == 32
+
+
+def test_a_fresh_start_on_devices_that_do_not_divide_the_canonical_ranks_is_one_line(tmp_path):
+    done = _fit(tmp_path, *TWO_RANKS, "--data.canonical_ranks", "3", group=True)
+    assert done.returncode == 2, done.stdout[-3000:]
+    errors = [line for line in done.stdout.splitlines() if line.startswith("error:")]
+    expected = "error: --data.canonical_ranks: got 3; expected a multiple of the 2 devices (e.g. 4), or at most 2"
+    assert errors == [expected]  # rank 0 says it; rank 1 stops at the same point without a word
+    assert "Traceback" not in done.stdout and not list((tmp_path / "checkpoints").glob("*.ckpt"))
