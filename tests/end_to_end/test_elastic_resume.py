@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_app.persistence.manifest import Manifest
+from lightning_app.persistence.folder import read_manifest
 from tests.cli_helpers import (
     RESUME_FLAGS,
     assert_same_training_state,
@@ -83,12 +83,12 @@ def _killed(work: Path, step: int, *devices: str) -> int:
     """Run until SIGKILLed right after the step-``step`` checkpoint is complete; the newest checkpoint's step."""
     killed = _fit(work, *devices, "--config", str(kill_config(work, "KillAfterCheckpoint", step)), group=True)
     assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:]
-    return max(e.global_step for e in Manifest.load(work / "checkpoints").entries.values())
+    return max(e.global_step for e in read_manifest(work / "checkpoints").entries.values())
 
 
 def _session(work: Path) -> tuple[set[str], list[tuple[int, str]]]:
     """What the killed session left: its checkpoint files and its logged losses."""
-    files = {e.file for e in Manifest.load(work / "checkpoints").entries.values()}
+    files = {e.file for e in read_manifest(work / "checkpoints").entries.values()}
     return files, _rows(work / "logs")
 
 
@@ -96,7 +96,7 @@ def _assert_resumed_exactly(work: Path, output: str, step: int, first_session: t
     """The resumed session started at ``step`` and ends as ``reference`` (a never interrupted run's folder) ends."""
     first_files, first_rows = first_session
     assert resumed_step(output) == step
-    new = [e for e in Manifest.load(work / "checkpoints").entries.values() if e.file not in first_files]
+    new = [e for e in read_manifest(work / "checkpoints").entries.values() if e.file not in first_files]
     assert new and all(e.global_step > step for e in new), "the resumed run saved at or before its start"
     # The resumed session appends to the killed session's metrics file: its rows start where the file stood.
     rows = _rows(work / "logs")
@@ -144,7 +144,7 @@ def test_one_device_killed_mid_epoch_resumes_on_two_ranks_bit_for_bit(tmp_path, 
 
 def test_three_ranks_take_the_same_samples_per_step_and_say_it_is_not_bit_exact(tmp_path, two_ranks):
     shutil.copytree(two_ranks / "checkpoints", tmp_path / "checkpoints")
-    (start,) = [e for e in Manifest.load(tmp_path / "checkpoints").entries.values() if e.global_step == 20]
+    (start,) = [e for e in read_manifest(tmp_path / "checkpoints").entries.values() if e.global_step == 20]
     records = tmp_path / "records"
     resumed = _fit(
         tmp_path,
