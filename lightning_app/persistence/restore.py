@@ -46,7 +46,14 @@ from lightning_app.persistence.folder import (
 )
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.retry import retry_call
-from lightning_app.persistence.store import CheckpointStore, NoSpaceError, NotFoundError, StoreChoice, StoreError
+from lightning_app.persistence.store import (
+    CheckpointStore,
+    NoSpaceError,
+    NotFoundError,
+    StoreChoice,
+    StoreError,
+    VersionContents,
+)
 from lightning_app.session import kaggle_input_dir
 
 log = logging.getLogger("lightning_app.restore")
@@ -239,7 +246,7 @@ class _Dataset:
             return True
         return False
 
-    def _candidates(self, listing, known: list[Candidate]) -> list[Candidate]:
+    def _candidates(self, listing: VersionContents, known: list[Candidate]) -> list[Candidate]:
         have = {(c.path.name, c.entry.sha256) for c in known if c.source != "remote"}
         names = {f.name for f in listing.files}
         text = listing.texts.get(MANIFEST_NAME)
