@@ -97,6 +97,8 @@ class Candidate:
         origin: where it came from, for the log, when its path does not say (``kaggle:o/s version 7``).
         fetch: for a remote candidate, downloads it to ``path`` (once; `verify` calls it).
         problem: why it did not verify.
+        read_history: for a remote candidate whose version holds the run's metric history, returns its text.
+        history: the metric history published with it, once ``--resume`` has chosen it (None: none was).
     """
 
     source: str
@@ -107,6 +109,8 @@ class Candidate:
     origin: str = ""
     fetch: object = None
     problem: str = ""
+    read_history: object = None
+    history: str | None = None
 
     @property
     def order_key(self) -> tuple[str, int, str]:

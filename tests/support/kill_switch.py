@@ -57,8 +57,20 @@ class KillAfterPublished(Callback):
 
     def _on_saved(self, saved: SavedCheckpoint) -> None:
         if saved.entry.global_step >= self.global_step:
-            assert self._sync.publisher.flush(120), "the checkpoint was not published"
+            _wait_until_published(self._sync, saved.entry.global_step)
             _die()
+
+
+def _wait_until_published(sync, step: int) -> None:
+    """Block (the writer thread) until the version of the checkpoint of ``step`` is published: the sync stages it on
+    the training thread, at the next batch's start, once the rows before its step are logged."""
+    from tests.support.waiting import wait_for
+
+    def published() -> bool:
+        last = sync.publisher.last_published
+        return last is not None and last.entry.global_step >= step
+
+    wait_for(published, 120, f"the checkpoint of step {step} to be published")
 
 
 class KillDuringCheckpointWrite(Callback):
