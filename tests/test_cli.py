@@ -23,8 +23,14 @@ def _print_config(capsys, *args: str) -> dict:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_every_config_parses(config, capsys):
-    printed = _print_config(capsys, "--config", str(config))
+def test_every_config_parses(config, capsys, tmp_path):
+    from lightning_app.sweep.grid import sweep_options, take_sweep_sections
+
+    # A sweep's config (configs/sweep.yaml): fit parses it without its sweep: section, as each trial gets it.
+    args, section = take_sweep_sections(["--config", str(config)], tmp_path)
+    if section is not None:
+        assert sweep_options({}, section).grid
+    printed = _print_config(capsys, *args)
     assert printed["model"]["pe_type"] in ("sinusoidal", "learned", "rope", "alibi", "none")
     assert printed["trainer"]["use_distributed_sampler"] is False
     assert printed["checkpoint"]["dirpath"]
