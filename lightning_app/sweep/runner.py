@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,17 @@ log = logging.getLogger("lightning_app.sweep")
 
 #: Exit statuses (`lightning_app.commands.sweep`).
 ALL_FINISHED, CRASHED, BAD_INPUT, TRIALS_REMAIN = 0, 1, 2, 3
+
+
+def exit_status(all_finished: bool, outcomes: Iterable[Outcome]) -> int:
+    """2 when a trial's input was refused, else 1 when a trial crashed, else 0 when every trial is finished, else 3
+    (trials remain; every trial that ran stopped cleanly)."""
+    kinds = {outcome.kind for outcome in outcomes}
+    if "error" in kinds:
+        return BAD_INPUT
+    if "crashed" in kinds:
+        return CRASHED
+    return ALL_FINISHED if all_finished else TRIALS_REMAIN
 
 
 @dataclass
@@ -178,7 +190,10 @@ class SweepRunner:
         stopped_by_signal = any(o.kind == "signal" for o in outcomes.values())
         if (newly or not pending) and not stopped_by_signal:
             self._report(states, always=bool(newly))
-        return self._status(states, outcomes)
+        for name, outcome in outcomes.items():
+            if outcome.kind == "error":
+                print(f"error: trial {name}: {outcome.line}", file=sys.stderr)
+        return exit_status(all(s.finished for s in states.values()), outcomes.values())
 
     def _schedule(self, pending: list[Trial]) -> dict[str, Outcome]:
         deadline = self.plan.deadline
@@ -217,17 +232,6 @@ class SweepRunner:
             *self.devices.fit_args(),
             "--resume",
         ]
-
-    def _status(self, states: dict[str, TrialState], outcomes: dict[str, Outcome]) -> int:
-        errors = [o for o in outcomes.values() if o.kind == "error"]
-        for name, outcome in outcomes.items():
-            if outcome.kind == "error":
-                print(f"error: trial {name}: {outcome.line}", file=sys.stderr)
-        if errors:
-            return BAD_INPUT
-        if any(o.kind == "crashed" for o in outcomes.values()):
-            return CRASHED
-        return ALL_FINISHED if all(s.finished for s in states.values()) else TRIALS_REMAIN
 
     def _report(self, states: dict[str, TrialState], always: bool) -> int:
         """Write ``./sweep-report/`` and publish it (``always``: even when the published report already holds every

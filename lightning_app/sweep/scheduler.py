@@ -31,10 +31,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lightning_app.errors import bad_value
 from lightning_app.gpu import will_use_gpu
-from lightning_app.sweep.plan import Trial
+
+if TYPE_CHECKING:  # the plan imports torch and Lightning; running processes needs neither
+    from lightning_app.sweep.plan import Trial
 
 log = logging.getLogger("lightning_app.sweep")
 
@@ -136,7 +139,7 @@ def plan_devices(
         raise bad_value(
             "--trainer.devices",
             devices,
-            f"1 (or left out) with --sweep.parallel {parallel}: each trial gets one device",
+            f"1 or left out with --sweep.parallel {parallel}: each trial gets one device",
         )
     if count > 1 and gpus:
         return Devices(count, tuple(gpus))
@@ -327,6 +330,9 @@ class Scheduler:
         extra = f" ({', '.join(f'{k}={v}' for k, v in shown.items())})" if shown else ""
         log.info(f"Starting trial {trial.name} ({trial.label}){extra}; its output also goes to {log_path}")
         self._running.append(TrialRun(trial, process, log_path, slot, time.monotonic(), _offset=offset))
+        if self.stopping == "signal":  # the signal came between the check and the start: this trial gets it too
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
 
     def _ended(self, run: TrialRun) -> None:
         code = run.process.returncode
