@@ -31,8 +31,9 @@ from lightning_app.persistence.folder import (
     disk_full_line,
     free_bytes,
     out_of_space,
+    sha256_of,
 )
-from lightning_app.persistence.manifest import CheckpointEntry, sha256_of, training_differences
+from lightning_app.persistence.manifest import CheckpointEntry, training_differences
 from lightning_app.persistence.snapshot import SnapshotWriter, WrittenFile
 
 log = logging.getLogger("lightning_app.checkpoint")

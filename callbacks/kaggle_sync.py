@@ -132,9 +132,8 @@ class KaggleDatasetSync(Callback):
             self._check_required(choice)
         if store is None:
             if choice.error is None:  # a failed login was said already, in make_store
-                (log.info if self.store_options.enabled is False else log.warning)(
-                    f"Checkpoints stay local: {choice.why_none}"
-                )
+                said = log.info if self.store_options.enabled is False else log.warning
+                said(f"{choice.why_none[:1].upper()}{choice.why_none[1:]}: checkpoints stay local")
             return
         self.publisher = BackgroundPublisher(
             store,

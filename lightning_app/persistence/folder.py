@@ -15,6 +15,7 @@ Only global rank 0 makes a `CheckpointFolder` to write; anything may read one (`
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lightning_app.atomic import atomic_file, write_bytes_atomically
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 
 log = logging.getLogger("lightning_app.restore")
 
@@ -47,6 +48,14 @@ def parse_checkpoint_name(name: str) -> tuple[int, str] | None:
         return None
     timestamp = match["timestamp"] + (f"-{int(match['seq']):02d}" if match["seq"] else "")
     return int(match["epoch"]), timestamp
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_manifest(folder: str | os.PathLike) -> Manifest | None:
@@ -111,20 +120,18 @@ class Candidate:
     problem: str = ""
     read_history: object = None
     history: str | None = None
+    order_key: tuple[str, int, str] = field(init=False)  # see `CheckpointEntry.order_key`
 
-    @property
-    def order_key(self) -> tuple[str, int, str]:
-        return self.entry.order_key
+    def __post_init__(self) -> None:
+        self.order_key = self.entry.order_key
 
     def describe(self) -> str:
         return f"{self.path.name} (epoch {self.entry.epoch}, step {self.entry.global_step})"
 
 
 def verify(candidate: Candidate) -> str | None:
-    """None when the file is what its manifest says (size and sha256); else what is wrong. A remote candidate is
-    fetched first (its ``fetch`` may raise a store error, which the caller handles)."""
-    if candidate.fetch is not None and not candidate.path.is_file():
-        candidate.fetch()
+    """None when the file is what its manifest says (size and sha256); else what is wrong. A remote candidate must
+    be fetched first."""
     if not candidate.in_manifest:
         return None  # it loaded when it was scanned
     entry = candidate.entry
@@ -389,7 +396,6 @@ class CheckpointFolder:
         elif not _holds(target, candidate.entry):
             with atomic_file(target) as copy, open(candidate.path, "rb") as source:
                 shutil.copyfileobj(source, copy, length=1 << 24)
-        self.manifest = read_manifest(self.path) or Manifest()
         self.manifest.add(candidate.entry)
         self.save_manifest()
         return target

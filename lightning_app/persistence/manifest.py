@@ -15,9 +15,7 @@ The manifest sits beside the checkpoints (``folder.py`` reads and writes it, ato
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
 FORMAT = 1
@@ -51,14 +49,6 @@ class CheckpointEntry:
     def from_dict(cls, data: dict) -> CheckpointEntry:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
-
-
-def sha256_of(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Manifest:
@@ -101,14 +91,6 @@ class Manifest:
 
     def subset(self, files: list[str]) -> Manifest:
         return Manifest([self.entries[f] for f in files if f in self.entries])
-
-
-def settings_mismatch(saved: dict[str, object], requested: dict[str, object]) -> str | None:
-    """The first setting that differs, as ``"pe_type: checkpoint has 'rope', this run asks for 'alibi'"``."""
-    for key in sorted(set(saved) | set(requested)):
-        if key in saved and key in requested and saved[key] != requested[key]:
-            return f"{key}: checkpoint has {saved[key]!r}, this run asks for {requested[key]!r}"
-    return None
 
 
 def training_differences(saved: dict[str, object], requested: dict[str, object]) -> str:

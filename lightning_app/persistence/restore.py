@@ -46,7 +46,7 @@ from lightning_app.persistence.folder import (
     verify,
 )
 from lightning_app.persistence.history import HISTORY_NAME, read_history
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest, settings_mismatch
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.retry import retry_call
 from lightning_app.persistence.store import CheckpointStore, NoSpaceError, NotFoundError, StoreChoice, StoreError
 from lightning_app.session import kaggle_input_dir
@@ -87,10 +87,8 @@ class RestoreOptions:
         if self.versions_back < 0:
             raise bad_value("--restore.versions_back", self.versions_back, "an integer >= 0")
         self.timeout_seconds = parse_duration("--restore.timeout", self.timeout).total_seconds()
-
-    @property
-    def inputs(self) -> Path:
-        return Path(self.input_dir) if self.input_dir else kaggle_input_dir()
+        #: Where attached datasets are searched: ``input_dir``, or Kaggle's input folder.
+        self.inputs = Path(self.input_dir) if self.input_dir else kaggle_input_dir()
 
 
 class ResumeBlocked(ConfigError):
@@ -127,6 +125,14 @@ class Inventory:
 # -- choosing -------------------------------------------------------------------------------------------------
 
 
+def settings_mismatch(saved: dict[str, object], requested: dict[str, object]) -> str | None:
+    """The first setting that differs, as ``"pe_type: checkpoint has 'rope', this run asks for 'alibi'"``."""
+    for key in sorted(set(saved) | set(requested)):
+        if key in saved and key in requested and saved[key] != requested[key]:
+            return f"{key}: checkpoint has {saved[key]!r}, this run asks for {requested[key]!r}"
+    return None
+
+
 def newest_first(candidates: list[Candidate]) -> list[Candidate]:
     """Most recently written first (see `CheckpointEntry.order_key`); a local copy wins a tie with the same file
     elsewhere."""
@@ -139,12 +145,15 @@ def first_verified(candidates: list[Candidate]) -> Candidate | None:
     for candidate in newest_first(candidates):
         if candidate.verified is None:
             try:
+                if candidate.fetch is not None and not candidate.path.is_file():
+                    candidate.fetch()
                 candidate.problem = verify(candidate) or ""
             except StoreError as error:
                 candidate.problem = f"could not be downloaded ({error})"
             candidate.verified = not candidate.problem
             if candidate.verified and not candidate.in_manifest and candidate.source == "remote":
                 candidate.entry = entry_from_file(candidate.path) or candidate.entry
+                candidate.order_key = candidate.entry.order_key
             if not candidate.verified:
                 where = f"{candidate.path.name} of {candidate.origin}" if candidate.origin else str(candidate.path)
                 log.warning(f"Skipping {where}: {candidate.problem}; trying the next newest checkpoint")

@@ -16,8 +16,7 @@ from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.data import SyntheticDataModule
 from lightning_app.module import LanguageModel
 from lightning_app.persistence import snapshot
-from lightning_app.persistence.folder import parse_checkpoint_name, read_manifest
-from lightning_app.persistence.manifest import sha256_of
+from lightning_app.persistence.folder import parse_checkpoint_name, read_manifest, sha256_of
 
 NAME = re.compile(r"^kaggle_epoch_(\d+)_(\d{8}-\d{6})(-\d{2})?\.ckpt$")
 

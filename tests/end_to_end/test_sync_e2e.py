@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lightning_app.persistence.folder import read_manifest
+from lightning_app.persistence.kaggle.credentials import REFUSED_ADVICE
 from tests.cli_helpers import cli_env, fit_args, run
 from tests.fake_kaggle import FakeKaggle
 
@@ -123,7 +124,7 @@ def test_required_sync_with_a_refused_credential_exits_2_with_one_line_before_tr
     assert errors == [
         f"error: --sync.required true: kaggle:{_default_ref(output)}: check: Kaggle refused the credentials "
         "from KAGGLE_USERNAME/KAGGLE_KEY environment variables "
-        "(HTTP 401: Unauthenticated: missing or invalid credentials)"
+        f"(HTTP 401: Unauthenticated: missing or invalid credentials); {REFUSED_ADVICE}"
     ], output[-3000:]
     assert "Traceback" not in output
     assert not (tmp_path / "checkpoints").is_dir() or not list((tmp_path / "checkpoints").glob("*.ckpt"))

@@ -12,8 +12,8 @@ from filelock import FileLock
 
 from lightning_app.errors import ConfigError
 from lightning_app.persistence.directory_store import DirectoryStore
-from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
+from lightning_app.persistence.folder import CheckpointFolder, read_manifest, sha256_of, write_manifest
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.restore import RestoreOptions, check_settings, collect, folder_lock
 
 SETTINGS = {"pe_type": "rope", "model_size": "tiny", "vocab_size": 32}

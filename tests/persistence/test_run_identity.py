@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lightning_app.errors import ConfigError
-from lightning_app.persistence.folder import CheckpointFolder, read_manifest, write_manifest
-from lightning_app.persistence.manifest import CheckpointEntry, Manifest, sha256_of
+from lightning_app.persistence.folder import CheckpointFolder, read_manifest, sha256_of, write_manifest
+from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.restore import RestoreOptions, collect, restore_newest
 
 SETTINGS = {"pe_type": "rope", "model_size": "tiny", "vocab_size": 32}

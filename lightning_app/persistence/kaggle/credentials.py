@@ -39,6 +39,11 @@ NO_CREDENTIALS_ADVICE = (
     "Kaggle notebook: Add-ons -> Secrets -> a Secret named KAGGLE_API_TOKEN); or, with a legacy API key, set "
     "KAGGLE_USERNAME and KAGGLE_KEY (Secrets of those names in a notebook) or put kaggle.json in ~/.kaggle"
 )
+#: What to do when Kaggle refuses a credential, the current way first.
+REFUSED_ADVICE = (
+    "create a new API token on kaggle.com (Settings -> API -> Create New Token) and set KAGGLE_API_TOKEN to it (a "
+    "Secret of that name in a notebook), or check the legacy KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json"
+)
 _REDACTED = "***"
 _TOKEN_SECRET = "KAGGLE_API_TOKEN"
 _KEY_SECRETS = ("KAGGLE_USERNAME", "KAGGLE_KEY")

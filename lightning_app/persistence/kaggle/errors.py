@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_app.persistence.kaggle.credentials import NO_CREDENTIALS_ADVICE, find_credentials, redact_secrets
+from lightning_app.persistence.kaggle.credentials import (
+    NO_CREDENTIALS_ADVICE,
+    REFUSED_ADVICE,
+    find_credentials,
+    redact_secrets,
+)
 from lightning_app.persistence.kaggle.outcomes import CallFailed, FailureKind
 
 
@@ -69,7 +74,7 @@ def refused_message(detail: str) -> str:
     credentials = find_credentials()
     if credentials is None:
         return f"no Kaggle credentials found: {NO_CREDENTIALS_ADVICE}"
-    return f"Kaggle refused the credentials from {credentials.source} ({detail})"
+    return f"Kaggle refused the credentials from {credentials.source} ({detail}); {REFUSED_ADVICE}"
 
 
 def _retry_after(error: BaseException) -> float | None:
