@@ -267,9 +267,11 @@ class KaggleDatasetSync(Callback):
         """
         if self.publisher is None:
             return True
+        step = self._trainer.global_step if self._trainer is not None else None
+        self._rows_logged_before(step)  # first what is written already: a listener may wait for its publication
         for checkpoint in self._checkpoints:
             checkpoint.wait_for_writes()
-        self._rows_logged_before(self._trainer.global_step if self._trainer is not None else None)
+        self._rows_logged_before(step)
         return self.publisher.flush(self.flush_timeout if timeout is None else timeout)
 
     @override

@@ -27,8 +27,9 @@ from lightning_app.commands import lengths as lengths_command
 from lightning_app.commands import plot
 from lightning_app.errors import ConfigError
 from lightning_app.experiment import WALL_TIME_KEY
+from lightning_app.persistence.folder import sha256_of
 from lightning_app.persistence.history import HISTORY_NAME
-from lightning_app.persistence.manifest import CheckpointEntry, sha256_of
+from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.retry import retry_call
 from lightning_app.persistence.store import CheckpointStore, StoreError
 from lightning_app.sweep.plan import SweepPlan, Trial
