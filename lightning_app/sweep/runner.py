@@ -224,6 +224,9 @@ class SweepRunner:
             "-m",
             "lightning_app",
             "fit",
+            # Before the common options, so that a config or option of the user's still turns it on: a bar's
+            # carriage returns make no lines to echo, and several trials' bars at once none to read.
+            "--trainer.enable_progress_bar=false",
             *self.plan.common,
             *trial.args,
             f"--name={trial.name}",
