@@ -69,7 +69,7 @@ def test_restore_time_quick(capsys):
     assert rows[0][0].startswith("fit --resume") and RATIO.match(rows[0][3])
 
 
-# sweep_parallel's --quick starts three sweeps of two fresh trials each (a minute); its parts are tested in tests/sweep/.
+# sweep_parallel's --quick starts three sweeps of two fresh trials each (a minute): tested in tests/sweep/ instead.
 @pytest.mark.parametrize(
     "module", [throughput, checkpoint_stall, upload_volume, restore_time, collectives, sweep_parallel]
 )
