@@ -239,3 +239,9 @@ def test_two_trials_side_by_side_on_cpu_end_as_each_alone_with_their_own_dataset
     assert len(curves) == 2 and curves[0].key != curves[1].key
     readme = (tmp_path / "sweep-report" / "README.md").read_text()
     assert all(t.name in readme for t in trials) and "2 of 2 trials finished" in readme
+    # --sweep.report true: the report again, nothing trained, published as the report's next version.
+    (report,) = store.glob("*-report")
+    again = run([*args, "--sweep.report", "true"], tmp_path, cli_env(tmp_path / "home"), timeout=300)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "Starting trial" not in again.stdout + again.stderr
+    assert sorted(v.name for v in report.glob("v*")) == ["v1", "v2"]
