@@ -13,7 +13,8 @@ The concerns, one module each:
 - `state`: where each trial stands, read from its folder, the inputs and its dataset;
 - `scheduler`: the trials run as child processes, within the session's budget, on the devices there are;
 - `report`: the curves, the lengths table and the README, published as the sweep's own small dataset;
-- `table`: the table of trials printed at the start and at the end.
+- `table`: the table of trials printed at the start and at the end;
+- `runner`: one session of a sweep, from its command line to its exit status.
 
 The user's guide is ``docs/sweep.md``.
 """

@@ -229,18 +229,18 @@ def _grid_value_error(grid_key: GridKey, value: str, error: Exception) -> Config
     return ConfigError(f"{GRID} {grid_key.key}={value}: {message}")
 
 
+def _as_plain(value: object) -> object:
+    """A parsed value as plain data (jsonargparse's namespaces as dicts)."""
+    return value.as_dict() if hasattr(value, "as_dict") else value
+
+
 def _value_at(config, key: str) -> object:
     """The parsed value of ``key`` in ``config`` (``data.batch_size`` lives at ``data.init_args.batch_size``)."""
     head, _, rest = key.partition(".")
     for candidate in (key, f"{head}.init_args.{rest}" if rest else key):
         with contextlib.suppress(KeyError, AttributeError, TypeError):
-            value = config[candidate]
-            return value.as_dict() if hasattr(value, "as_dict") else value
+            return _as_plain(config[candidate])
     return None
-
-
-def _as_plain(value: object) -> object:
-    return value.as_dict() if hasattr(value, "as_dict") else value
 
 
 def make_plan(argv: Sequence[str], options: SweepOptions) -> SweepPlan:

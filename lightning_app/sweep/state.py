@@ -28,6 +28,7 @@ class TrialState:
         finished: an entry at the schedule's end exists.
         published: the newest entry of the dataset's newest version, and that version's number.
         unreadable: why the dataset could not be read (None when it could, or there is none).
+        sources: where entries were found (``local``, ``input``, ``v7``: the dataset's version).
     """
 
     newest: CheckpointEntry | None = None
