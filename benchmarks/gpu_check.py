@@ -11,9 +11,13 @@
 - **non-deterministic spread**: without ``deterministic``, the max abs weight difference between two
   uninterrupted runs, against the resumed run's distance from the first.
 - **DDP**: the same kill + resume with 2 ranks, where there are two GPUs.
+- **2 ranks -> 1 device**: a 2-rank run SIGKILLed mid-epoch, right after an epoch's checkpoint and half-way
+  through writing a checkpoint, each resumed with ``--trainer.devices 1`` (one device running both canonical
+  micro-batches), compared bit for bit with the uninterrupted 2-rank run (deterministic): where there are two
+  GPUs, and on CPU (gloo) without ``--quick``.
 
 ``--device cpu --quick`` runs the same code on CPU in about a minute (tiny model, 20 steps, kill + resume in
-``32-true`` only; without ``--quick`` also ``bf16-mixed``).
+``32-true`` only; without ``--quick`` also ``bf16-mixed`` and the 2 ranks -> 1 device kill points).
 
 Usage::
 
@@ -37,6 +41,14 @@ from tests.cli_helpers import RESUME_FLAGS, cli_env, fit_args, load, newest_chec
 from tests.support.kill_switch import kill_config
 
 KILL_STEP = 10  # smoke.yaml with RESUME_FLAGS checkpoints every 10 steps: killed right after the first one
+#: 2 ranks -> 1 device: where the 2-rank run dies (smoke.yaml: 32 steps per epoch on any number of devices) and
+#: the step it resumes from.
+ELASTIC_KILLS = {
+    "mid-epoch": ("KillAfterCheckpoint", 10, 10),
+    "epoch end": ("KillAfterCheckpoint", 32, 32),
+    "during a write": ("KillDuringCheckpointWrite", 50, 40),  # the torn step-50 file is skipped
+}
+ELASTIC_EPOCHS = ("--trainer.max_epochs", "2")
 HEADERS = ("check", "setting", "result", "detail")
 
 
@@ -62,12 +74,15 @@ def difference(a: dict, b: dict, optimizer: bool = True) -> tuple[bool, float]:
     return same, diff
 
 
-def kill_and_resume(work: Path, *flags: str) -> tuple[dict | None, str]:
-    """SIGKILL a run after its step-10 checkpoint, ``--resume`` it: (its last checkpoint, what happened)."""
-    rc, out = cli(work, *flags, "--config", str(kill_config(work.parent, "KillAfterCheckpoint", KILL_STEP)))
+def kill_and_resume(
+    work: Path, *flags: str, kill: tuple[str, int] = ("KillAfterCheckpoint", KILL_STEP), resume_flags=None
+) -> tuple[dict | None, str]:
+    """SIGKILL a run at ``kill`` (after its step-10 checkpoint), ``--resume`` it (with ``resume_flags`` instead of
+    ``flags`` where given): (its last checkpoint, what happened)."""
+    rc, out = cli(work, *flags, "--config", str(kill_config(work.parent, *kill)))
     if rc != -signal.SIGKILL:
         return None, f"killed run exited {rc}: {_tail(out)}"
-    rc, out = cli(work, *flags, "--resume")
+    rc, out = cli(work, *(flags if resume_flags is None else resume_flags), "--resume")
     match = re.search(r"Resuming from \S+ \(epoch \d+, step (\d+)\)", out)
     if rc != 0 or not match:
         return None, f"resumed run exited {rc}, {'resumed' if match else 'did not resume'}: {_tail(out)}"
@@ -94,6 +109,29 @@ def resume_row(check: str, setting: str, tmp: Path, *flags: str) -> list[str]:
     same, diff = difference(resumed, reference)
     steps = f"step {resumed['global_step']} vs {reference['global_step']}"
     return [check, setting, "equal" if same else "not equal", f"max abs diff {diff:.3g}, {how}, {steps}"]
+
+
+def elastic_rows(tmp: Path, two: tuple[str, ...], one: tuple[str, ...]) -> list[list[str]]:
+    """A 2-rank run killed at each of `ELASTIC_KILLS` and resumed on one device, against the uninterrupted 2-rank
+    run, both ``--trainer.deterministic true``: equal or not, and the max abs diff."""
+    check = "2 ranks -> 1 device kill + resume"
+    common = (*ELASTIC_EPOCHS, "--trainer.deterministic", "true")
+    reference, error = uninterrupted(tmp / "reference", *two, *common)
+    if reference is None:
+        return [[check, "-", "failed", f"uninterrupted 2-rank run {error}"]]
+    rows = []
+    for point, (kind, step, resumes_at) in ELASTIC_KILLS.items():
+        setting = f"{point} (step {resumes_at})"
+        work = tmp / point.replace(" ", "-")
+        resumed, how = kill_and_resume(work, *two, *common, kill=(kind, step), resume_flags=(*one, *common))
+        if resumed is None:
+            rows.append([check, setting, "failed", how])
+            continue
+        same, diff = difference(resumed, reference)
+        exact = same and f"from step {resumes_at}" in how
+        detail = f"max abs diff {diff:.3g}, {how}, step {resumed['global_step']} vs {reference['global_step']}"
+        rows.append([check, setting, "equal" if exact else "not equal", detail])
+    return rows
 
 
 def spread_row(precision: str, tmp: Path, *flags: str) -> list[str]:
@@ -166,10 +204,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             rows.append(resume_row("DDP 2 ranks kill + resume", fit_precision, tmp / "ddp", *ddp))
         else:
             rows.append(["DDP 2 ranks kill + resume", "-", "n/a (1 GPU)" if gpu else "n/a (CPU)", ""])
+        precision = ("--trainer.precision", fit_precision)
+        if gpu and torch.cuda.device_count() >= 2:
+            one = ("--trainer.accelerator", "gpu", "--trainer.devices", "1", *precision)
+            rows += elastic_rows(tmp / "elastic", (*ddp, *precision), one)
+        elif gpu:
+            rows.append(["2 ranks -> 1 device kill + resume", "-", "n/a (1 GPU)", ""])
+        elif not args.quick:  # on CPU the suite runs the mid-epoch case (tests/end_to_end/test_elastic_resume.py)
+            cpu = ("--trainer.accelerator", "cpu", *precision)
+            rows += elastic_rows(tmp / "elastic", (*cpu, "--trainer.devices", "2", "--trainer.strategy", "ddp"), cpu)
     notes = [
         "kill + resume: `configs/smoke.yaml` (tiny model) through the CLI, SIGKILLed right after its step-10 "
         "checkpoint, then `--resume`; equal = weights, optimizer state, step, epoch and schedule bit for bit equal "
-        "to an uninterrupted run's. non-deterministic spread: the same without `--trainer.deterministic true`."
+        "to an uninterrupted run's. non-deterministic spread: the same without `--trainer.deterministic true`. "
+        "2 ranks -> 1 device: the same config for 2 epochs, 2 ranks killed at each point and resumed with "
+        "`--trainer.devices 1`, against the uninterrupted 2-rank run (equal also requires the resume from the "
+        "step named)."
     ]
     print_report(
         f"GPU check: {name}", device, command_line("benchmarks.gpu_check", argv), markdown_table(HEADERS, rows), notes

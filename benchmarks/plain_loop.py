@@ -71,6 +71,7 @@ def data_config(setting: Setting) -> dict:
         "vocab_size": VOCAB_SIZE,
         "seq_len": setting.seq_len,
         "batch_size": setting.batch_size,
+        "canonical_ranks": 1,  # one forward of the whole batch per step, as the plain loop (benchmarks.micro_batches)
         "num_train_sequences": setting.batch_size * (setting.warmup + setting.steps + 1),  # no epoch end in view
         "num_val_sequences": setting.batch_size,
     }

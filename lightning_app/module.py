@@ -1,26 +1,34 @@
-"""The LightningModule: a thin layer over the pure `TransformerLM` (loss, metrics, optimizer, RNG in/out)."""
+"""The LightningModule: a thin layer over the pure `TransformerLM` (loss, metrics, optimizer, RNG in/out, and the
+canonical micro-batches of each training batch)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from lightning_app.data.canonical import CHECKPOINT_KEY, Layout, MicroBatch, saved_layout
+from lightning_app.data.datamodule import TokenWindowDataModule
+from lightning_app.data.loader import consumed_position
 from lightning_app.errors import bad_value
 from lightning_app.experiment import ARCHITECTURE_KEYS
 from lightning_app.model import PeType, TransformerConfig, TransformerLM
 from lightning_app.rng import (
+    RandomStreams,
     capture_rng_state,
     pack_rank_states,
     rank_state,
     restore_rng_state,
+    saved_streams,
     unmatched_ranks_message,
 )
 from lightning_app.schedule import WarmupCosine
@@ -99,6 +107,13 @@ class LanguageModel(pl.LightningModule):
         self.val_accuracy = MulticlassAccuracy(num_classes=self.config.vocab_size, average="micro")
         self._rng_to_restore: dict | None = None
         self._train_loss = torch.zeros(())  # the last training step's loss, detached
+        # The canonical micro-batches this process runs in each training batch (None: the batch as it comes, for
+        # a data module that has no canonical layout), their random streams, and where their gradients add up.
+        self._layout: Layout | None = None
+        self._micro_batches: list[MicroBatch] | None = None
+        self._streams = RandomStreams()
+        self._separate_sums: _SeparateGradientSums | None = None
+        self._zeroed_in_step = False
         self.total_steps = 0  # set with the optimizer, once the trainer is known
 
     @classmethod
@@ -130,9 +145,70 @@ class LanguageModel(pl.LightningModule):
         return loss, logits
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
-        self._train_loss = loss.detach()
-        return loss
+        """The loss of this process's canonical micro-batches of the batch (`lightning_app.data.canonical`).
+
+        Each micro-batch runs its own forward with dropout drawn from its canonical rank's stream, its mean loss
+        weighted 1/m (m micro-batches here, so that DDP's mean over the devices is the mean over the canonical
+        ranks). All but the last run their backward here; the last is returned for Lightning's backward, so that
+        the gradients add up in the order DDP adds them. The logged ``train_loss`` is canonical rank 0's.
+        """
+        micro_batches = self._micro_batches
+        if micro_batches is None:
+            loss, _ = self._loss(batch)
+            self._train_loss = loss.detach()
+            return loss
+        accumulate = self.trainer.accumulate_grad_batches
+        several = len(micro_batches) > 1
+        if several and batch_idx % accumulate == 0:
+            # Lightning zeroes the gradients after training_step, which would drop those of the backward passes
+            # run below: zero them here instead (`optimizer_zero_grad` then skips this step's zeroing).
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad()
+            self._zeroed_in_step = True
+            if self._separate_sums is not None:
+                self._separate_sums.reset()
+        inputs, targets = batch  # (B, T), (B, T): this process's share of the round
+        last = len(micro_batches) - 1
+        for index, micro in enumerate(micro_batches):
+            whole = micro.start == 0 and micro.stop == inputs.shape[0]
+            part = batch if whole else (inputs[micro.start : micro.stop], targets[micro.start : micro.stop])
+            if self._separate_sums is not None:
+                self._separate_sums.activate(index)
+            with self._streams.drawing(micro.stream):
+                loss, _ = self._loss(part)
+            if index == 0:
+                self._train_loss = loss.detach()
+            if micro.weight != 1.0:
+                loss = loss * micro.weight  # 1/m: exact for m = 2
+            if index == last:
+                if self._separate_sums is not None and not self.trainer.fit_loop._should_accumulate():
+                    self._separate_sums.add_after_backward = True  # Lightning's backward is the step's last
+                return loss
+            self._backward_now(loss / accumulate)  # as Lightning scales the loss it gets back
+        raise AssertionError("unreachable: a layout has at least one micro-batch")
+
+    def _backward_now(self, loss: torch.Tensor) -> None:
+        """The backward of a micro-batch that is not the batch's last, as Lightning runs its own backward.
+
+        Through the precision plugin (the loss scaler of ``16-mixed``, the backward hooks), but not through the
+        strategy: under DDP this runs inside DDP's forward, where the reducer does not yet expect gradients, so
+        they accumulate locally and are all-reduced with the last micro-batch's, once.
+        """
+        precision = self.trainer.precision_plugin
+        loss = precision.pre_backward(loss, self)
+        precision.backward(loss, self, None)
+        precision.post_backward(loss, self)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._zeroed_in_step:  # this step's first micro-batches already put their gradients there
+            self._zeroed_in_step = False
+            return
+        optimizer.zero_grad()
+
+    def on_after_backward(self) -> None:
+        if self._separate_sums is not None and self._separate_sums.add_after_backward:
+            # Before the loss scaler unscales and before clipping: the gradient is then DDP's for C ranks.
+            self._separate_sums.add_into_grad()
 
     def on_train_batch_end(self, outputs, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         # Logged here rather than in training_step: only on the steps the logger writes (``self.log`` costs Python
@@ -190,25 +266,129 @@ class LanguageModel(pl.LightningModule):
         return max(1, steps_per_epoch * max(1, trainer.max_epochs or 1))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Runs on every rank (only rank 0 writes the file): each rank's own state, gathered, keyed by global rank.
-        state = capture_rng_state()
+        # Runs on every rank (only rank 0 writes the file): each rank's own state, gathered, keyed by global rank,
+        # and the streams of the canonical ranks each rank ran, keyed by canonical rank.
+        own_ids = {micro.stream for micro in self._micro_batches or ()}
+        mine = (capture_rng_state(), {i: s for i, s in self._streams.states.items() if i in own_ids})
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(states, state)
+            gathered: list = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, mine)
         else:
-            states = [state]
-        checkpoint["rng_states"] = pack_rank_states(states)
+            gathered = [mine]
+        streams = dict(self._streams.states)  # streams no rank runs now keep the state they were loaded with
+        for _, owned in gathered:
+            streams.update(owned)
+        checkpoint["rng_states"] = pack_rank_states([state for state, _ in gathered], streams)
+        layout = self._layout or self._resolve_layout()
+        if layout is not None:
+            checkpoint[CHECKPOINT_KEY] = layout.to_checkpoint(str(self.trainer.precision))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_states")
+        # Before the loops, the loaders and the optimizer's schedule exist: the run's canonical ranks from the
+        # checkpoint, so that every step takes the same samples on any number of devices.
+        trainer = self._trainer
+        datamodule = getattr(trainer, "datamodule", None)
+        if not isinstance(datamodule, TokenWindowDataModule) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        saved = saved_layout(checkpoint)
+        message = datamodule.resume_layout(saved)
+        if message and trainer.global_rank == 0:
+            log.info(message)
+        if saved.micro_batch_size is not None and saved.micro_batch_size != datamodule.batch_size:
+            shard_length = datamodule.num_train_windows // saved.canonical_ranks
+            _recount_batches(checkpoint, shard_length, datamodule.batch_size)
+
+    def _resolve_layout(self) -> Layout | None:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return datamodule.layout() if isinstance(datamodule, TokenWindowDataModule) else None
 
     def on_train_start(self) -> None:
         # After the loaders are built and the sanity check ran (Lightning isolates its RNG use): from here on,
         # the random numbers are those the interrupted run would have drawn next.
-        if self._rng_to_restore is None:
-            return
+        base_seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))  # before a restore changes it
+        self._layout = self._resolve_layout()
+        self._micro_batches = self._layout.micro_batches() if self._layout is not None else None
+        self._separate_sums = None
+        several = self._micro_batches is not None and len(self._micro_batches) > 1
+        if several and self._layout.exact and self.trainer.accumulate_grad_batches > 1:
+            self._separate_sums = _SeparateGradientSums(self.parameters(), len(self._micro_batches))
         saved, self._rng_to_restore = self._rng_to_restore, None
-        if self.global_rank == 0 and (message := unmatched_ranks_message(saved, self.trainer.world_size)):
-            log.info(message)
-        if (state := rank_state(saved, self.global_rank)) is not None:
-            restore_rng_state(state)
+        if saved is not None:
+            if self.global_rank == 0 and (message := unmatched_ranks_message(saved, self.trainer.world_size)):
+                # With canonical streams the training's random numbers do not depend on the process's state.
+                log.log(logging.DEBUG if self._micro_batches is not None else logging.INFO, message)
+            if (state := rank_state(saved, self.global_rank)) is not None:
+                restore_rng_state(state)
+            self._streams.load(saved_streams(saved))
+        if self._micro_batches is not None:
+            self._streams.ensure(sorted({micro.stream for micro in self._micro_batches}), base_seed)
+
+
+class _SeparateGradientSums:
+    """Each canonical rank's gradients accumulated apart over the step's batches, added at its last backward.
+
+    With ``accumulate_grad_batches`` > 1, DDP's ranks each accumulate their own gradient and the all-reduce adds
+    them at the end: ``(a0 + a1) + (b0 + b1)``. One process accumulating both canonical ranks in one ``.grad``
+    would add ``((a0 + b0) + a1) + b1``, which rounds differently. So each canonical rank's sum lives in its own
+    tensors (``.grad`` is swapped, not copied) and they are added once, after the step's last backward. Costs one
+    more copy of the gradients; used only where it makes the run bit-exact (one device, 2 canonical ranks).
+    """
+
+    def __init__(self, parameters, count: int) -> None:
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.count = count
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: list[list[torch.Tensor | None] | None] = [None] * self.count
+        self.active: int | None = None
+        self.add_after_backward = False
+
+    def activate(self, index: int) -> None:
+        """Make canonical micro-batch ``index``'s sum the one its backward adds to."""
+        if self.active == index:
+            return
+        if self.active is not None:
+            self.sums[self.active] = [p.grad for p in self.parameters]
+        grads = self.sums[index] or [None] * len(self.parameters)
+        for parameter, grad in zip(self.parameters, grads, strict=True):
+            parameter.grad = grad
+        self.sums[index] = None
+        self.active = index
+
+    def add_into_grad(self) -> None:
+        """``.grad`` = the sum over canonical ranks (for 2: one addition, in either order the same)."""
+        for index, grads in enumerate(self.sums):
+            if grads is None or index == self.active:
+                continue
+            for parameter, grad in zip(self.parameters, grads, strict=True):
+                if grad is None:
+                    continue
+                if parameter.grad is None:
+                    parameter.grad = grad
+                else:
+                    parameter.grad.add_(grad)
+        self.reset()
+
+
+def _recount_batches(checkpoint: dict, shard_length: int, batch_size: int) -> None:
+    """Lightning's batch counters of the saved epoch, in batches of the new ``--data.batch_size``.
+
+    The sampler keeps its place (the samples already taken from each canonical shard); the counters must agree
+    with it, or the epoch would end early or late. A partial batch rounds down (the loader then ends the epoch);
+    a place with less than a batch left counts as the epoch's end, as the sampler reads it.
+    """
+    loops = checkpoint.get("loops", {}).get("fit_loop")
+    if not loops:
+        return
+    position = consumed_position(loops.get("state_dict", {}).get("combined_loader"))
+    progress = loops.get("epoch_loop.batch_progress")
+    if position is None or not progress:
+        return
+    per_epoch = shard_length // batch_size
+    consumed = per_epoch if shard_length - position < batch_size else position // batch_size
+    delta = consumed - int(progress["current"]["ready"])
+    for scope in ("current", "total"):
+        for key, value in progress[scope].items():
+            progress[scope][key] = max(0, int(value) + delta)

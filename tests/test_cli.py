@@ -155,10 +155,11 @@ def test_help_lists_every_command_and_an_unknown_one_is_one_line(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "checkpoints", "plot", "lengths", "generate", "sweep"]
+    assert listed == ["fit", "validate", "test", "checkpoints", "plot", "lengths", "generate", "sweep", "launch"]
     with pytest.raises(SystemExit) as exit_info:
         main(["fitt"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: got command 'fitt'; expected one of: fit, validate, test, checkpoints, plot, lengths, generate, sweep"
+        "error: got command 'fitt'; expected one of: fit, validate, test, checkpoints, plot, lengths, generate, "
+        "sweep, launch"
     ]

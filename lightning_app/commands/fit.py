@@ -31,6 +31,8 @@ from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.deadline import SessionDeadline
 from callbacks.kaggle_sync import KaggleDatasetSync
 from callbacks.progress_bar import use_sync_progress_bar
+from lightning_app.data.canonical import fresh_layout, precision_on_resume, read_saved_layout, resumed_layout
+from lightning_app.data.datamodule import TokenWindowDataModule
 from lightning_app.errors import ConfigError
 from lightning_app.experiment import check_run_name, experiment_name
 from lightning_app.gpu import check_torch_supports_gpu
@@ -135,8 +137,8 @@ class TrainingCLI(LightningCLI):
         if self.subcommand == "fit":
             self._prepare_run()
         trainer = self._get(self.config_init, "trainer")
-        if trainer.precision is None:
-            trainer.precision = resolve_precision(trainer.accelerator)
+        if trainer.precision is None:  # auto; a resumed run keeps its own where this machine can run it
+            trainer.precision = precision_on_resume(self.resume_path, resolve_precision(trainer.accelerator))
             self._get(self.config, "trainer").precision = trainer.precision  # into the saved config.yaml too
         self._add_configure_optimizers_method_to_model(self.subcommand)
         self.trainer = self.instantiate_trainer()
@@ -184,7 +186,7 @@ class TrainingCLI(LightningCLI):
             deadline = next((cb for cb in self.trainer.callbacks if isinstance(cb, SessionDeadline)), None)
             if deadline is not None and isinstance(self.trainer.accelerator, CUDAAccelerator):
                 deadline.budget.consider_gpu_quota()  # asked once, here, so that the start line can say it
-            log.info(start_line(self.trainer, self.experiment, datamodule))
+            log.info(start_line(self.trainer, self.experiment, datamodule, self.resume_path))
         path = ckpt_path if ckpt_path is not None else self.resume_path
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)
 
@@ -208,18 +210,25 @@ class TrainingCLI(LightningCLI):
         return str(folder / best.file)
 
 
-def start_line(trainer: pl.Trainer, experiment: str, datamodule) -> str:
-    """``Training rope-small-1a2b3c4d on 2 GPUs (Tesla T4, ddp) in 16-mixed, global batch 64, seed 1234; <budget>``."""
+def start_line(trainer: pl.Trainer, experiment: str, datamodule, resume_path: str | None = None) -> str:
+    """``Training rope-small-1a2b3c4d on 2 GPUs (ddp) in 16-mixed, global batch 64 (2 canonical ranks x 32 x 1
+    accumulated) on 2 devices, seed 1234; Session budget: ...``. A mistake in the data-parallel layout (canonical
+    ranks the devices do not divide) is raised here, as one line, before any process is launched."""
     if not isinstance(trainer.accelerator, CUDAAccelerator):
         devices = "cpu" if trainer.num_devices == 1 else f"{trainer.num_devices} cpu processes"
     else:
         devices = f"{trainer.num_devices} GPU{'s' if trainer.num_devices > 1 else ''}"
     if trainer.world_size > 1:
         devices += f" ({type(trainer.strategy).__name__.removesuffix('Strategy').lower() or 'ddp'})"
-    batch = getattr(datamodule, "batch_size", None)
     parts = [f"Training {experiment} on {devices} in {trainer.precision}"]
-    if batch is not None:
-        parts.append(f"global batch {batch * trainer.world_size * trainer.accumulate_grad_batches}")
+    if isinstance(datamodule, TokenWindowDataModule):
+        accumulate = trainer.accumulate_grad_batches
+        if resume_path:
+            saved = read_saved_layout(resume_path)
+            layout = resumed_layout(saved, datamodule.batch_size, trainer.world_size, 0, accumulate)[0]
+        else:
+            layout = fresh_layout(datamodule.canonical_ranks, datamodule.batch_size, trainer.world_size, 0, accumulate)
+        parts.append(layout.describe())
     if (seed := os.environ.get("PL_GLOBAL_SEED")) is not None:
         parts.append(f"seed {seed}")
     line = ", ".join(parts)

@@ -52,7 +52,7 @@ class ResumableDataLoader(StatefulDataLoader):
         if saved_workers is None or saved_workers == self.num_workers or not isinstance(self.sampler, ResumableSampler):
             super().load_state_dict(state_dict)
             return
-        sampler_state = _consumed_sampler_state(state_dict, self.batch_size or 1)
+        sampler_state = _consumed_sampler_state(state_dict, self.sampler, self.batch_size or 1)
         if sampler_state is None:
             super().load_state_dict(state_dict)
             return
@@ -70,7 +70,9 @@ def _saved_num_workers(state_dict: dict[str, Any]) -> int | None:
     return 0 if _SINGLE_PROCESS_MARK in state_dict else None
 
 
-def _consumed_sampler_state(state_dict: dict[str, Any], batch_size: int) -> dict[str, int] | None:
+def _consumed_sampler_state(
+    state_dict: dict[str, Any], sampler: ResumableSampler, batch_size: int
+) -> dict[str, int] | None:
     """The sampler state right after the last batch the saved loader handed out."""
     if _SNAPSHOT in state_dict:
         # The snapshot was taken at some batch; the batches yielded since then each drew batch_size indices.
@@ -82,4 +84,18 @@ def _consumed_sampler_state(state_dict: dict[str, Any], batch_size: int) -> dict
     sampler_state = sampler_iter_state.get(_SAMPLER_STATE)
     if sampler_state is None:
         return None
-    return {"epoch": int(sampler_state["epoch"]), "position": int(sampler_state["position"]) + since * batch_size}
+    return sampler.state_after(sampler_state, since, batch_size)
+
+
+def consumed_position(combined_loader_state: Any) -> int | None:
+    """The sampler position in Lightning's saved ``combined_loader`` state (a list with one loader's state): the
+    indices of each canonical shard consumed in the saved epoch; None where it holds no sampler state."""
+    if not combined_loader_state or not isinstance(combined_loader_state, list):
+        return None
+    state = combined_loader_state[0] or {}
+    if _SNAPSHOT in state:
+        sampler_iter_state = state[_SNAPSHOT].get(_MAIN_SNAPSHOT, {}).get(_SAMPLER_ITER_STATE) or {}
+    else:
+        sampler_iter_state = state.get(_SAMPLER_ITER_STATE) or {}
+    sampler_state = sampler_iter_state.get(_SAMPLER_STATE)
+    return None if sampler_state is None else int(sampler_state["position"])

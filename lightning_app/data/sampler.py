@@ -29,8 +29,12 @@ Rules that keep the position exact inside torchdata and Lightning:
 - A restored state at the very end of an epoch means "next epoch, position 0": no pass can have anything
   left to yield in the finished one.
 
-``position`` counts indices of this rank's shard. Every rank consumes the same number of batches, so the one
-state that Lightning saves (rank 0's) restores every rank.
+What ``position`` means: the place in every **canonical shard** (`lightning_app.data.canonical`), not in this
+process's share. A run of C canonical ranks cuts each epoch's permutation into C shards ``perm[c::C]`` and takes
+``micro_batch_size`` indices of each shard per batch, whatever the number of devices; ``position`` counts the
+indices of each shard consumed so far, the same number on every device and for any number of devices. The one
+state that Lightning saves (rank 0's) therefore restores every rank of a resumed run on 1, 2 or 3 devices alike.
+With the defaults (C = ``num_replicas``, one index per batch) this is the rank's own shard, as before.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import Sampler
+
+from lightning_app.errors import ConfigError
 
 
 def derive_seed(seed: int, *labels: object) -> int:
@@ -57,11 +63,16 @@ def derive_seed(seed: int, *labels: object) -> int:
 
 
 class ResumableSampler(Sampler[int]):
-    """Indices of one rank's shard, in an order fixed by (seed, epoch), resumable mid-epoch.
+    """Indices of one process's share of each batch, in an order fixed by (seed, epoch), resumable mid-epoch.
 
     The epoch's permutation of ``range(num_samples)`` comes from a local ``torch.Generator`` seeded from
-    (seed, epoch), never from the global RNG. It is truncated to a multiple of ``num_replicas`` and rank ``r``
-    takes ``perm[r::num_replicas]``: shards are disjoint and of equal length.
+    (seed, epoch), never from the global RNG. It is truncated to a multiple of ``canonical_ranks`` (C) and cut into
+    C canonical shards, shard ``c`` = ``perm[c::C]``. Batch ``i`` of the epoch (a *round*) is the C canonical
+    micro-batches ``shard_c[k + i*b : k + (i+1)*b]`` in canonical order (b = ``micro_batch_size``, k = the restored
+    position), and of those ``C*b`` indices process ``rank`` of ``num_replicas`` (W) takes the slice
+    ``[rank*C*b // W, (rank+1)*C*b // W)``. A loader over it must use that slice's length as its batch size
+    (`process_batch_size`). With the defaults (C = W, b = 1) rank ``r`` takes ``perm[r::W]``: shards are disjoint
+    and of equal length.
 
     Example::
 
@@ -78,33 +89,73 @@ class ResumableSampler(Sampler[int]):
         num_samples: size of the dataset to draw indices from.
         seed: seed of the order; the same (seed, epoch) gives the same order in every process and run.
         shuffle: shuffle each epoch; if False the order is ``0, 1, 2, ...`` (then sharded).
-        num_replicas: number of ranks that share the data.
+        num_replicas: number of processes that share the data (W).
         rank: this process's rank, in ``[0, num_replicas)``.
+        canonical_ranks: the run's canonical width C (default: ``num_replicas``).
+        micro_batch_size: indices of each canonical shard per batch (b).
     """
 
-    def __init__(self, num_samples: int, *, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0):
-        for name, value, low in (("num_samples", num_samples, 0), ("num_replicas", num_replicas, 1)):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+        canonical_ranks: int | None = None,
+        micro_batch_size: int = 1,
+    ):
+        canonical_ranks = num_replicas if canonical_ranks is None else canonical_ranks
+        for name, value, low in (
+            ("num_samples", num_samples, 0),
+            ("num_replicas", num_replicas, 1),
+            ("canonical_ranks", canonical_ranks, 1),
+            ("micro_batch_size", micro_batch_size, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"ResumableSampler: {name} must be an integer >= {low}, got {value!r}")
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < num_replicas:
             raise ValueError(f"ResumableSampler: rank must be an integer in [0, {num_replicas}), got {rank!r}")
+        if num_replicas > canonical_ranks * micro_batch_size:
+            raise ValueError(
+                f"ResumableSampler: {num_replicas} replicas cannot share batches of {canonical_ranks} x "
+                f"{micro_batch_size} indices"
+            )
         self.num_samples = num_samples
         self.seed = int(seed)
         self.shuffle = shuffle
         self.num_replicas = num_replicas
         self.rank = rank
+        self.canonical_ranks = canonical_ranks
+        self.micro_batch_size = micro_batch_size
+        round_size = canonical_ranks * micro_batch_size
+        self._slice = (rank * round_size // num_replicas, (rank + 1) * round_size // num_replicas)
         self.epoch = 0
-        self._position = 0  # indices of this epoch's shard already yielded (or restored)
+        self._position = 0  # indices of each canonical shard consumed this epoch (or restored)
         self._restored = False  # a loaded position waits for the next pass that yields
         self._live: object | None = None  # token of the iterator allowed to move the position
 
     @property
     def position(self) -> int:
-        """Indices of the current epoch's shard yielded so far by the latest pass (or restored and pending)."""
+        """Indices of each canonical shard consumed so far this epoch by the latest pass (or restored and pending)."""
         return self._position
 
+    @property
+    def shard_length(self) -> int:
+        """Indices in each canonical shard: ``num_samples // canonical_ranks``."""
+        return self.num_samples // self.canonical_ranks
+
+    @property
+    def process_batch_size(self) -> int:
+        """Indices this process takes from each round: the batch size of a loader over this sampler."""
+        return self._slice[1] - self._slice[0]
+
+    def _rounds(self, position: int) -> int:
+        return (self.shard_length - position) // self.micro_batch_size
+
     def __len__(self) -> int:
-        return self.num_samples // self.num_replicas
+        return self._rounds(0) * self.process_batch_size
 
     def set_epoch(self, epoch: int) -> None:
         """Switch to ``epoch`` and rewind to its start; setting the epoch already set changes nothing.
@@ -117,30 +168,37 @@ class ResumableSampler(Sampler[int]):
             self._position = 0
             self._restored = False
 
-    def shard(self, epoch: int | None = None) -> list[int]:
-        """This rank's whole shard for ``epoch`` (default: the current one), in order."""
+    def shard(self, epoch: int | None = None, position: int = 0) -> list[int]:
+        """What this process yields of ``epoch`` (default: the current one) from canonical ``position`` on."""
         epoch = self.epoch if epoch is None else epoch
         if self.shuffle:
             generator = torch.Generator().manual_seed(derive_seed(self.seed, "epoch", epoch))
             perm = torch.randperm(self.num_samples, generator=generator)
         else:
             perm = torch.arange(self.num_samples)
-        usable = len(self) * self.num_replicas
-        return perm[:usable][self.rank :: self.num_replicas].tolist()
+        ranks, length, b = self.canonical_ranks, self.shard_length, self.micro_batch_size
+        rounds = self._rounds(position)
+        shards = perm[: length * ranks].view(length, ranks).t()  # (C, L): row c is perm[c::C]
+        taken = shards[:, position : position + rounds * b].reshape(ranks, rounds, b)  # (C, rounds, b)
+        by_round = taken.permute(1, 0, 2).reshape(rounds, ranks * b)  # (rounds, C*b): canonical order
+        start, stop = self._slice
+        return by_round[:, start:stop].reshape(-1).tolist()
 
     def __iter__(self) -> Iterator[int]:
         # Eager: the order and the start are fixed when the iterator is made, as workers prefetch at once.
         start = self._position if self._restored else 0
         self._position = start
         token = self._live = object()
-        return self._yield_from(self.shard(), start, token)
+        return self._yield_from(self.shard(position=start), start, token)
 
     def _yield_from(self, indices: list[int], start: int, token: object) -> Iterator[int]:
-        for position in range(start, len(indices)):
+        per_round, b = self.process_batch_size, self.micro_batch_size
+        for handed_out, index in enumerate(indices, start=1):
             if self._live is token:
                 self._restored = False
-                self._position = position + 1  # counted before it is handed out
-            yield indices[position]
+                # Counted before it is handed out; a round counts once this process has taken all of its share.
+                self._position = start + (handed_out // per_round) * b
+            yield index
         if self._live is token:
             self._restored = False
 
@@ -148,20 +206,31 @@ class ResumableSampler(Sampler[int]):
         """``{"epoch", "position"}`` as plain ints, so checkpoints load with ``torch.load(weights_only=True)``."""
         return {"epoch": int(self.epoch), "position": int(self._position)}
 
+    def state_after(self, state_dict: dict[str, Any], batches: int, batch_size: int) -> dict[str, int]:
+        """``state_dict`` moved on by ``batches`` loader batches of ``batch_size`` indices each."""
+        rounds = batches * (batch_size // self.process_batch_size)
+        position = int(state_dict["position"]) + rounds * self.micro_batch_size
+        return {"epoch": int(state_dict["epoch"]), "position": position}
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Make the next pass that yields start at the saved place (at an epoch's end: the next epoch's start).
 
         Args:
-            state_dict: what :meth:`state_dict` returned; missing keys default to epoch 0, position 0.
+            state_dict: what :meth:`state_dict` returned (by a sampler of the same data and canonical ranks, on any
+                number of processes); missing keys default to epoch 0, position 0.
+
+        Raises:
+            ConfigError: the position is beyond the canonical shard (the data changed under the run).
         """
         epoch = int(state_dict.get("epoch", 0))
         position = int(state_dict.get("position", 0))
-        if not 0 <= position <= len(self):
-            raise ValueError(
-                f"ResumableSampler: saved position {position} is outside this shard of {len(self)} indices "
-                "(did the dataset or the number of devices change?)"
+        if not 0 <= position <= self.shard_length:
+            raise ConfigError(
+                f"--resume: the checkpoint's data position {position} is outside this shard of {self.shard_length} "
+                f"indices per canonical rank ({self.num_samples} samples over {self.canonical_ranks}); did the data "
+                "change under the run?"
             )
-        if position == len(self) > 0:
+        if position > 0 and self._rounds(position) == 0:
             # Nothing is left of that epoch, so the next pass is the next epoch's. Lightning restores such a
             # state (a checkpoint taken at the last batch) without making a new iterator for the next epoch.
             epoch, position = epoch + 1, 0

@@ -57,12 +57,15 @@ class SyntheticDataModule(TokenWindowDataModule):
     Args:
         vocab_size: number of distinct tokens.
         seq_len: tokens per input sequence.
-        batch_size: sequences per batch and per device.
+        batch_size: sequences per canonical micro-batch (per device when the devices are as many as the canonical
+            ranks); the global batch is ``canonical_ranks x batch_size x accumulate_grad_batches``.
         num_train_sequences: training sequences (an epoch is one pass over them).
         num_val_sequences: held-out sequences from the same chain.
         branching: successors of each token; the best achievable loss is log(branching) nats.
         seed: seeds both the generated data (chain and sequences) and the training order.
         num_workers: data-loading worker processes (0 loads in the main process).
+        canonical_ranks: the run's canonical data-parallel width, fixed at its start so that a resume on another
+            number of devices takes the same samples per step (see `lightning_app.data.canonical`).
     """
 
     def __init__(
@@ -75,8 +78,11 @@ class SyntheticDataModule(TokenWindowDataModule):
         branching: int = 4,
         seed: int = 1234,
         num_workers: int = 0,
+        canonical_ranks: int = 2,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, seed=seed, num_workers=num_workers)
+        super().__init__(
+            seq_len=seq_len, batch_size=batch_size, seed=seed, num_workers=num_workers, canonical_ranks=canonical_ranks
+        )
         self.vocab_size = check_int("--data.vocab_size", vocab_size, 2)
         check_int("--data.branching", branching, 1)
         if branching > vocab_size:

@@ -80,11 +80,14 @@ class TextDataModule(TokenWindowDataModule):
         path: a text file, a folder of text files (recursive, hidden files skipped) or a glob such as
             ``/kaggle/input/my-corpus/*.txt``.
         seq_len: tokens (bytes) per training input.
-        batch_size: windows per batch and per device.
+        batch_size: windows per canonical micro-batch (per device when the devices are as many as the canonical
+            ranks); the global batch is ``canonical_ranks x batch_size x accumulate_grad_batches``.
         val_fraction: share of the windows held out for validation, taken from the end of the text.
         seed: seed of the training order.
         num_workers: data-loading worker processes (0 loads in the main process).
         cache_dir: where several files are concatenated once (default ``~/.cache/lightning_app/tokens``).
+        canonical_ranks: the run's canonical data-parallel width, fixed at its start so that a resume on another
+            number of devices takes the same samples per step (see `lightning_app.data.canonical`).
     """
 
     vocab_size = 256
@@ -98,8 +101,11 @@ class TextDataModule(TokenWindowDataModule):
         seed: int = 1234,
         num_workers: int = 2,
         cache_dir: str | None = None,
+        canonical_ranks: int = 2,
     ) -> None:
-        super().__init__(seq_len=seq_len, batch_size=batch_size, seed=seed, num_workers=num_workers)
+        super().__init__(
+            seq_len=seq_len, batch_size=batch_size, seed=seed, num_workers=num_workers, canonical_ranks=canonical_ranks
+        )
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
             raise bad_value("--data.val_fraction", val_fraction, "a number in (0, 1), exclusive")
         self.path = path

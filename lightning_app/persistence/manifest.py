@@ -93,7 +93,12 @@ class Manifest:
         return Manifest([self.entries[f] for f in files if f in self.entries])
 
 
+#: Settings whose change the resumed run reports in a line of its own (the data-parallel layout's).
+_SAID_ELSEWHERE = frozenset({"trainer.world_size"})
+
+
 def training_differences(saved: dict[str, object], requested: dict[str, object]) -> str:
     """``"model.lr 0.0003 -> 0.001, data.batch_size 8 -> 16"``: the settings both name with different values."""
-    changed = [k for k in sorted(set(saved) & set(requested)) if saved[k] != requested[k]]
+    shared = (set(saved) & set(requested)) - _SAID_ELSEWHERE
+    changed = [k for k in sorted(shared) if saved[k] != requested[k]]
     return ", ".join(f"{k} {saved[k]!r} -> {requested[k]!r}" for k in changed)

@@ -48,7 +48,14 @@ from lightning_app.persistence.folder import (
 from lightning_app.persistence.history import HISTORY_NAME, read_history
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.retry import retry_call
-from lightning_app.persistence.store import CheckpointStore, NoSpaceError, NotFoundError, StoreChoice, StoreError
+from lightning_app.persistence.store import (
+    CheckpointStore,
+    NoSpaceError,
+    NotFoundError,
+    StoreChoice,
+    StoreError,
+    VersionContents,
+)
 from lightning_app.session import kaggle_input_dir
 
 log = logging.getLogger("lightning_app.restore")
@@ -207,6 +214,7 @@ class _Dataset:
         self._next: int | None = options.version  # None: the newest
         self._left = 0 if options.version is not None else options.versions_back + 1
         self.last: list[Candidate] = []
+        self.last_copies: set[tuple[str, str]] = set()  # checkpoints of the last version already here (attached)
 
     def _call(self, fn: Callable[[], object]) -> object:
         return retry_call(fn, attempts=1_000_000, base_delay=1.0, max_delay=30.0, deadline=self.deadline)
@@ -234,12 +242,13 @@ class _Dataset:
             self._next = listing.number - 1 if listing.number and listing.number > 1 else None
             if self._next is None:
                 self._left = 0
+            self.last_copies = set()
             self.last = self._candidates(listing, known)
             known += self.last
             return True
         return False
 
-    def _candidates(self, listing, known: list[Candidate]) -> list[Candidate]:
+    def _candidates(self, listing: VersionContents, known: list[Candidate]) -> list[Candidate]:
         have = {(c.path.name, c.entry.sha256) for c in known if c.source != "remote"}
         names = {f.name for f in listing.files}
         text = listing.texts.get(MANIFEST_NAME)
@@ -253,6 +262,7 @@ class _Dataset:
                 epoch, timestamp = parse_checkpoint_name(name)
                 entry = CheckpointEntry(name, epoch, -1, timestamp)
             if (name, entry.sha256) in have and in_manifest:
+                self.last_copies.add((name, entry.sha256))
                 continue  # the same file is here already
             path = self.download_dir / f"v{listing.number}" / name
             candidate = Candidate("remote", path, entry, in_manifest, origin=origin)
@@ -290,8 +300,12 @@ class _Dataset:
     def should_go_back(self, chosen: Candidate | None) -> bool:
         """Read an older version when none of the last one's checkpoints verifies: each was tried and failed (a
         candidate never tried is older than the choice, or of another run), or it held none."""
-        if (chosen is not None and chosen.source == "remote") or self.look.missing or not self.look.versions:
-            return False  # a dataset that does not exist yet has no version before its newest
+        if chosen is not None and chosen.source == "remote":
+            return False
+        if not self.look.versions or self.look.missing:  # nothing read: the dataset does not exist (yet)
+            return False
+        if chosen is not None and (chosen.path.name, chosen.entry.sha256) in self.last_copies:
+            return False  # the version's checkpoint is the one chosen, found attached or local
         return all(c.verified is False for c in self.last) and self._left > 0 and self.look.unreadable is None
 
 

@@ -24,7 +24,8 @@ NAME = re.compile(r"^kaggle_epoch_(\d+)_(\d{8}-\d{6})(-\d{2})?\.ckpt$")
 def _fit(tmp_path: Path, checkpoint: KaggleModelCheckpoint, epochs: int = 2) -> pl.Trainer:
     pl.seed_everything(7)
     model = LanguageModel(pe_type="rope", model_size="tiny", vocab_size=16, d_model=32, n_layers=1, warmup_steps=2)
-    data = SyntheticDataModule(vocab_size=16, seq_len=16, batch_size=8, num_train_sequences=64, num_val_sequences=16)
+    # 2 canonical ranks (the default) x batch 4: 8 sequences per step, 8 steps per epoch.
+    data = SyntheticDataModule(vocab_size=16, seq_len=16, batch_size=4, num_train_sequences=64, num_val_sequences=16)
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
         max_epochs=epochs,

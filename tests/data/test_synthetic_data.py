@@ -49,7 +49,7 @@ def test_loss_floor_is_log_branching_and_the_data_reaches_it():
 
 
 def test_batches_per_epoch_and_identity():
-    dm = SyntheticDataModule()
+    dm = SyntheticDataModule(canonical_ranks=1)  # one canonical rank: a batch per device (tests/data/test_canonical.py)
     assert dm.num_train_batches() == len(dm.train_dataloader()) == 4096 // 32
     assert dm.num_train_batches(world_size=3) == (4096 // 3) // 32
     identity = dm.identity()
@@ -146,7 +146,9 @@ def _fit(module: Recorder, num_workers: int, ckpt_path: str | None = None) -> Re
         enable_model_summary=False,
         num_sanity_val_steps=1,
     )
-    trainer.fit(module, datamodule=SyntheticDataModule(**TINY, num_workers=num_workers), ckpt_path=ckpt_path)
+    # One canonical rank: the loader's batches are the Recorder's batches (test_canonical.py runs two per batch).
+    data = SyntheticDataModule(**TINY, num_workers=num_workers, canonical_ranks=1)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module
 
 
@@ -169,11 +171,11 @@ def test_trainer_resumes_on_exactly_the_remaining_batches(tmp_path, num_workers)
     assert _fit(Recorder(), num_workers, ckpt_path=epoch_end).seen == full[6:]
 
 
-@pytest.mark.xfail(strict=True, reason="Lightning 2.6 skips the next epoch after a last-batch step checkpoint")
-def test_canary_lightning_skips_the_epoch_after_a_checkpoint_on_the_last_batch(tmp_path):
-    """Resuming from a checkpoint saved on an epoch's last batch, Lightning's loop restores `is_last_batch` and
-    finishes the next epoch at once, before it asks the loader for anything; no data module can fix it, so the
-    project skips step saves on the last batch."""
+def test_a_checkpoint_on_the_last_batch_resumes_at_the_next_epoch(tmp_path):
+    """Resuming from a checkpoint saved on an epoch's last batch, Lightning restores `is_last_batch`, finishes that
+    epoch at once and, still "resuming", makes no new iterator for the next one. The sampler reads a saved place
+    with less than a batch left (here 24 of 26 indices, batches of 4) as the next epoch's start, so the restored
+    iterator is the next epoch's. (This was a strict xfail while the sampler read only the exact end that way.)"""
     path = str(tmp_path / "step6.ckpt")
     full = _fit(Recorder(save_at={6: path}), 0).seen
     assert _fit(Recorder(), 0, ckpt_path=path).seen == full[6:]

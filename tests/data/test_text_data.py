@@ -18,7 +18,8 @@ TEXT = bytes(range(256)) * 3 + b"the end"  # 775 bytes
 
 
 def _module(path, tmp_path, **kwargs) -> TextDataModule:
-    settings = {"seq_len": 16, "batch_size": 4, "val_fraction": 0.1, "num_workers": 0}
+    # One canonical rank: a batch is one device's 4 windows (tests/data/test_canonical.py covers the default 2).
+    settings = {"seq_len": 16, "batch_size": 4, "val_fraction": 0.1, "num_workers": 0, "canonical_ranks": 1}
     return TextDataModule(str(path), cache_dir=str(tmp_path / "cache"), **{**settings, **kwargs})
 
 

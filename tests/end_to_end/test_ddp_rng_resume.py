@@ -24,7 +24,8 @@ from tests.cli_helpers import (
 pytestmark = pytest.mark.slow
 
 
-DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp")
+# 2 ranks x 16 sequences (smoke.yaml's 8 is per canonical micro-batch of a one-device run): 16 steps per epoch.
+DDP = ("--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "16")
 
 
 def _ddp_run(work: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -112,6 +112,28 @@ def test_nothing_found(tmp_path):
     assert inventory.chosen is None and not inventory.candidates
 
 
+def test_a_dataset_that_does_not_exist_yet_is_nothing_found(tmp_path):
+    """The first session of a run resumed with --resume: no dataset yet, nothing local or attached."""
+    inventory = collect(
+        tmp_path / "work", RestoreOptions(input_dir=str(tmp_path / "input")), DirectoryStore(tmp_path / "no-store")
+    )
+    assert inventory.chosen is None and not inventory.candidates and inventory.remote.missing
+
+
+def test_the_dataset_attached_is_not_read_twice(tmp_path, caplog):
+    """The newest version is attached (a launched chain attaches it): the same file, so no older version is read."""
+    store = _remote(tmp_path, 0, 10)
+    make_checkpoint(tmp_path / "staged-2", 1, 20)
+    store.publish(tmp_path / "staged-2", "test")
+    listing = store.read_version(texts=("manifest.json",))
+    attached = tmp_path / "input" / "datasets" / "me" / "slug"
+    store.fetch(attached, listing.number)
+    with caplog.at_level(logging.INFO):
+        inventory = collect(tmp_path / "work", RestoreOptions(input_dir=str(tmp_path / "input")), store)
+    assert inventory.chosen.source == "input" and inventory.chosen.entry.global_step == 20
+    assert inventory.remote.versions == [listing.number] and "holds no checkpoint" not in caplog.text
+
+
 def test_processes_that_restore_together_download_once(tmp_path):
     """torchrun/SLURM start every rank at once: under the folder lock the first downloads, the rest reuse it."""
     import threading

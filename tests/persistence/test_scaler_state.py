@@ -42,7 +42,8 @@ def _trainer(tmp_path: Path, checkpoint: KaggleModelCheckpoint, max_steps: int) 
 def _parts():
     pl.seed_everything(3)
     model = LanguageModel(pe_type="rope", model_size="tiny", vocab_size=16, d_model=32, n_layers=1, warmup_steps=2)
-    data = SyntheticDataModule(vocab_size=16, seq_len=16, batch_size=8, num_train_sequences=64, num_val_sequences=16)
+    # 2 canonical ranks (the default) x batch 4: 8 sequences per step, 8 steps per epoch.
+    data = SyntheticDataModule(vocab_size=16, seq_len=16, batch_size=4, num_train_sequences=64, num_val_sequences=16)
     return model, data
 
 

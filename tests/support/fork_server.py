@@ -1,9 +1,9 @@
 """A warm interpreter for the tests' CLI runs: ``python -m lightning_app ...`` without 5-7 s of imports each time.
 
 Importing torch and Lightning takes most of a tiny CLI run on a 2-core machine, and the suite starts the CLI about
-a hundred times. This server imports ``lightning_app.cli`` once, then forks for each run: the child is a process
-of its own (its own pid and process group, SIGKILL kills it alone, its exit status is what the test sees) that sets
-the run's working directory, environment and output files and runs ``lightning_app`` as ``python -m`` would
+a hundred times. This server imports ``lightning_app.commands.fit`` once, then forks for each run: the child is a
+process of its own (its own pid and process group, SIGKILL kills it alone, its exit status is what the test sees)
+that sets the run's working directory, environment and output files and runs ``lightning_app`` as ``python -m`` would
 (``runpy``, ``__main__``, ``sys.argv``), then exits as the interpreter does (threads joined, exit handlers run)
 but skips the teardown of every module (a second more). What differs from a fresh process is only that: the
 imports are done already, and the modules are not torn down. Child processes the CLI starts (DDP ranks, Kaggle

@@ -101,6 +101,8 @@ class KillDuringCheckpointWrite(Callback):
         real_save = torch.save
 
         def save(state, f, *args, **kwargs):
+            if not isinstance(f, (str, os.PathLike)):  # not the file: e.g. DDP's all_gather_object pickling
+                return real_save(state, f, *args, **kwargs)
             buffer = io.BytesIO()
             real_save(state, buffer, *args, **kwargs)
             with open(f, "wb") as out:  # some bytes are on disk, the rest never will be

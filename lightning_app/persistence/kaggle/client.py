@@ -7,6 +7,10 @@ generations this project supports (1.8.x, which Kaggle's notebook image pins, an
   (`download_file` does it for both).
 - The weekly GPU quota: ``quota_view()`` from 2.2.1; on 1.8 the same request through kagglesdk >= 0.1.28.
 - Listings come back as ``files[i].name`` / ``total_bytes`` with ``next_page_token`` on every supported client.
+- Kernels: 1.8's ``kernels_push`` sends neither ``machine_shape`` nor ``kernel_execution_type`` (Quick Save), and
+  2.2.5's ``kernels_status`` turns a 401/403 into ``ValueError``; so every kernel call is made here with kagglesdk's
+  own request types through ``api.build_kaggle_client()``, the same on both lines (kagglesdk >= 0.1.14, the oldest
+  1.8.3 accepts, has every field used). A refused push is an HTTP 200 whose body holds ``error``.
 - The client's own retry loop (``with_retry``) is switched off: each call is one bounded attempt, and the parent's
   retry policy (``retry.py``) decides whether another follows.
 
@@ -234,6 +238,86 @@ def _client() -> str:
             return f"no {name}"
 
     return f"{installed('kaggle')} with {installed('kagglesdk')}"
+
+
+# -- kernels --------------------------------------------------------------------------------------------------------
+
+#: What a kernel folder describes itself with (kaggle's own format, read by ``kaggle kernels push`` too).
+KERNEL_METADATA_NAME = "kernel-metadata.json"
+
+
+def save_kernel(api: Any, folder: Path, quick_save: bool) -> dict[str, Any]:
+    """Push the kernel in ``folder`` (``kernel-metadata.json`` and its code file) as a new version: run it, or with
+    ``quick_save`` only save it. ``{"version", "url", "invalid_dataset_sources", "error"}``: a refusal (the weekly
+    quota, the session limit, a slug the service will not take) comes back as HTTP 200 with Kaggle's text in
+    ``error`` and no version."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiSaveKernelRequest
+    from kagglesdk.kernels.types.kernels_enums import KernelExecutionType
+
+    metadata = json.loads((folder / KERNEL_METADATA_NAME).read_text())
+    request = ApiSaveKernelRequest()
+    request.slug = str(metadata["id"])
+    request.new_title = str(metadata.get("title") or metadata["id"].split("/")[1])
+    request.text = (folder / metadata["code_file"]).read_text()
+    request.language = str(metadata.get("language") or "python")
+    request.kernel_type = str(metadata.get("kernel_type") or "script")
+    request.is_private = _flag(metadata.get("is_private", True))
+    request.enable_gpu = _flag(metadata.get("enable_gpu", False))
+    request.enable_internet = _flag(metadata.get("enable_internet", True))
+    request.dataset_data_sources = [str(ref) for ref in metadata.get("dataset_sources") or []]
+    if metadata.get("machine_shape"):
+        request.machine_shape = str(metadata["machine_shape"])
+    if quick_save:
+        request.kernel_execution_type = KernelExecutionType.QUICK_SAVE
+    with api.build_kaggle_client() as kaggle:
+        response = kaggle.kernels.kernels_api_client.save_kernel(request)
+    refusal = str(getattr(response, "error", None) or "")
+    version = getattr(response, "version_number", None)
+    if not refusal and not version:
+        raise CallFailed(FailureKind.ERROR, f"Kaggle answered the push of {request.slug} with no version number")
+    return {
+        "version": int(version) if version and not refusal else None,
+        "url": str(getattr(response, "url", "") or ""),
+        "invalid_dataset_sources": [str(ref) for ref in getattr(response, "invalid_dataset_sources", None) or []],
+        "error": refusal,
+    }
+
+
+def get_kernel(api: Any, ref: str, version: int | None = None) -> dict[str, Any]:
+    """GetKernel: ``{"current_version", "source"}`` of the newest version (or of ``version``). An unknown kernel of
+    the caller is a 404, another user's private or missing one a 403 (raised as the client raises them)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+    request = ApiGetKernelRequest()
+    request.user_name, request.kernel_slug = ref.split("/")
+    if version is not None:
+        request.version_label = f"v{int(version)}"  # "N" alone is not found on the real service
+    with api.build_kaggle_client() as kaggle:
+        response = kaggle.kernels.kernels_api_client.get_kernel(request)
+    metadata, blob = getattr(response, "metadata", None), getattr(response, "blob", None)
+    current = getattr(metadata, "current_version_number", None)
+    return {"current_version": int(current) if current else None, "source": str(getattr(blob, "source", "") or "")}
+
+
+def kernel_status(api: Any, ref: str, version: int | None = None) -> dict[str, Any]:
+    """GetKernelSessionStatus: ``{"status": "RUNNING" | ..., "failure_message"}`` of the newest version that was to
+    run (or of ``version``). A reply without a status reads as ``QUEUED`` (proto3's default)."""
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+
+    request = ApiGetKernelSessionStatusRequest()
+    request.user_name, request.kernel_slug = ref.split("/")
+    if version is not None:
+        request.version_label = f"v{int(version)}"
+    with api.build_kaggle_client() as kaggle:
+        response = kaggle.kernels.kernels_api_client.get_kernel_session_status(request)
+    status = getattr(response, "status", None)
+    name = getattr(status, "name", None) or (str(status) if status is not None else "QUEUED")
+    return {"status": name, "failure_message": str(getattr(response, "failure_message", "") or "")}
+
+
+def _flag(value: Any) -> bool:
+    """A metadata flag: a JSON boolean, or the ``"true"``/``"false"`` strings kaggle's own examples use."""
+    return value.strip().lower() == "true" if isinstance(value, str) else bool(value)
 
 
 def check_created(response: Any) -> None:

@@ -45,6 +45,7 @@ REFUSED_ADVICE = (
     "Secret of that name in a notebook), or check the legacy KAGGLE_USERNAME/KAGGLE_KEY or kaggle.json"
 )
 _REDACTED = "***"
+_NOTEBOOK_TOKEN_SOURCE = "the notebook's KAGGLE_API_V1_TOKEN file"
 _TOKEN_SECRET = "KAGGLE_API_TOKEN"
 _KEY_SECRETS = ("KAGGLE_USERNAME", "KAGGLE_KEY")
 
@@ -56,10 +57,12 @@ class KaggleCredentials:
     Attributes:
         username: the Kaggle user, when known without a network call (None for access tokens).
         source: a phrase for log lines, e.g. ``"KAGGLE_USERNAME/KAGGLE_KEY environment variables"``.
+        notebook_token: the notebook's own session token (what it may do is not documented), not the user's.
     """
 
     username: str | None
     source: str
+    notebook_token: bool = False
 
 
 def find_credentials() -> KaggleCredentials | None:
@@ -170,7 +173,7 @@ def _token_sources(env: Mapping[str, str] = os.environ) -> list[tuple[str, str]]
         path = env.get("KAGGLE_API_V1_TOKEN")
         token = _read_text(path) if path else None
         if token:
-            found.append((token, "the notebook's KAGGLE_API_V1_TOKEN file"))
+            found.append((token, _NOTEBOOK_TOKEN_SOURCE))
     value = env.get("KAGGLE_API_TOKEN")
     if value:
         if Path(value).exists():
@@ -197,7 +200,9 @@ def _kaggle_json() -> dict[str, str]:
 
 def _access_token() -> KaggleCredentials | None:
     sources = _token_sources()
-    return KaggleCredentials(None, f"access token from {sources[0][1]}") if sources else None
+    if not sources:
+        return None
+    return KaggleCredentials(None, f"access token from {sources[0][1]}", sources[0][1] == _NOTEBOOK_TOKEN_SOURCE)
 
 
 def _username_and_key() -> KaggleCredentials | None:

@@ -92,7 +92,7 @@ def failure_for_parent(error: BaseException, api: Any | None) -> CallFailed:
     message = str(failure)
     if failure.kind is FailureKind.AUTH and not isinstance(error, CallFailed):
         message = refused_message(message)  # e.g. a 401: name the credential source that was refused
-    if failure.kind is FailureKind.REFUSED and failure.status == 403:
+    if failure.kind is FailureKind.REFUSED and failure.status == 403 and not isinstance(error, CallFailed):
         message += "; Kaggle refused permission (another owner's dataset?): choose one with --sync.dataset"
     in_use = [getattr(api, "config_values", {}).get(k) for k in ("key", "token")] if api is not None else []
     message = redact_secrets(message, [s for s in in_use if isinstance(s, str)])[:2000]

@@ -1,4 +1,4 @@
-"""What Kaggle and its client accept: dataset names (``OWNER/SLUG``) and the files a publish would upload."""
+"""What Kaggle and its client accept: dataset and kernel names (``OWNER/SLUG``) and the files a publish would upload."""
 
 from __future__ import annotations
 
@@ -36,3 +36,15 @@ def local_files(folder: Path) -> dict[str, int]:
     if not files:
         raise StoreError(f"nothing to publish in {folder}")
     return files
+
+
+_KERNEL_RE = re.compile(r"^[A-Za-z0-9_-]+/[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+KERNEL_RULE = "OWNER/SLUG with a slug of lower-case letters, digits or '-' (5 to {longest} characters)"
+
+
+def check_kernel(option: str, ref: str, longest: int = 50) -> None:
+    """Raise ``ConfigError`` (one line) unless ``ref`` is a kernel ``OWNER/SLUG`` Kaggle takes (a slug is its title
+    lower-cased with hyphens; the client wants 5 characters or more) of at most ``longest`` characters."""
+    slug = ref.partition("/")[2]
+    if not _KERNEL_RE.match(ref) or not 5 <= len(slug) <= longest:
+        raise bad_value(option, ref, KERNEL_RULE.format(longest=longest))

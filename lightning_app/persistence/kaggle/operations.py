@@ -12,9 +12,19 @@ classified by ``errors.py``). Arguments in brackets.
 - ``list`` [ref]: ``{"files": [[name, size], ...]}``.
 - ``read_version`` [ref, version, texts, path]: the version's number (the newest processed one by default), its
   files, and the text of the small files named in ``texts`` that it holds.
+- ``read_newest`` [items ([ref, name] pairs), path]: ``read_version`` of the newest version of each dataset, with
+  the text of its file ``name``: ``{ref: {"version", "files", "texts"} or None (no such dataset, or no version)}``.
 - ``download_file`` [ref, version, name, path, size]: one file of a version, unwrapped when it arrives zipped:
   ``{"path", "bytes", "wrapped", "peak"}`` (the most extra disk it held at once).
 - ``quota`` []: the weekly GPU quota (``client.gpu_quota``).
+- ``push_kernel`` [folder, quick_save, token, look_first]: push the kernel folder as a new version (run, or Quick
+  Save); with ``look_first``, a retry after a lost reply, first look whether the newest version already holds
+  ``token`` (an earlier attempt made it: a second push would queue a second run): ``{"version", "url",
+  "invalid_dataset_sources", "error", "existing"}``; a refusal is ``error`` (Kaggle's text, HTTP 200), no version.
+- ``kernel_state`` [ref, versions, token, back, quota]: ``{"exists": False}``, or the newest version's number, the
+  status of the newest session (``status``, ``failure_message``), the status of each version in ``versions``, the
+  newest of the last ``back`` versions whose source holds ``token`` (``token_version``; None when none does), and
+  with ``quota`` the weekly GPU quota (``quota``, as ``quota`` answers; ``quota_unavailable``: why not).
 
 A new version is not there at once: the create reply carries no version number, the version answers 404 for a
 while, and ``current_version_number`` is the newest *processed* version (empty before the first one). So after a
@@ -25,6 +35,7 @@ later) or ``failed`` (processing failed after an ok create: over the private sto
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -212,6 +223,18 @@ def read_version(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     return {"version": number, "files": files, "texts": texts}
 
 
+def read_newest(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for ref, name in args["items"]:
+        try:
+            found[ref] = read_version(api, {"ref": ref, "version": None, "texts": [name], "path": args["path"]})
+        except Exception as error:
+            if not _missing(error):
+                raise
+            found[ref] = None
+    return found
+
+
 def download_file(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     ref = args["ref"] if args.get("version") is None else f"{args['ref']}/{int(args['version'])}"
     return client.download_file(api, ref, str(args["name"]), Path(args["path"]), args.get("size"))
@@ -221,6 +244,86 @@ def quota(api: Any, args: dict[str, Any]) -> dict[str, Any]:
     return client.gpu_quota(api)
 
 
+def push_kernel(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    folder = Path(args["folder"])
+    ref = str(json.loads((folder / client.KERNEL_METADATA_NAME).read_text())["id"])
+    token = args.get("token")
+    if args.get("look_first") and token:
+        found = _version_holding(api, ref, str(token), back=1)
+        if found is not None:
+            return {"version": found, "url": "", "invalid_dataset_sources": [], "error": "", "existing": True}
+    try:
+        answer = client.save_kernel(api, folder, bool(args.get("quick_save")))
+    except Exception as error:
+        if http_status(error) == 403:  # a token that may not write (a notebook's own), or another user's kernel
+            raise CallFailed(FailureKind.REFUSED, f"Kaggle refused permission to push {ref} ({error})", 403) from None
+        raise
+    return {**answer, "existing": False}
+
+
+def kernel_state(api: Any, args: dict[str, Any]) -> dict[str, Any]:
+    ref = args["ref"]
+    try:
+        newest = client.get_kernel(api, ref)
+    except Exception as error:
+        if http_status(error) == 404:
+            return {"exists": False}
+        if http_status(error) == 403:
+            why = f"{ref}: Kaggle will not show this kernel ({error}): another user's kernel, or a private one"
+            raise CallFailed(FailureKind.REFUSED, why) from None
+        raise
+    session = client.kernel_status(api, ref)
+    versions = {}
+    for number in args.get("versions") or ():
+        try:
+            answer = client.kernel_status(api, ref, int(number))
+        except Exception as error:
+            if not _missing(error):
+                raise
+            answer = {"status": "MISSING", "failure_message": ""}
+        versions[str(int(number))] = [answer["status"], answer["failure_message"]]
+    token = args.get("token")
+    found = _version_holding(api, ref, str(token), int(args.get("back", 5)), newest) if token else None
+    state = {
+        "exists": True,
+        "current_version": newest["current_version"],
+        "status": session["status"],
+        "failure_message": session["failure_message"],
+        "versions": versions,
+        "token_version": found,
+    }
+    if args.get("quota"):
+        try:
+            state["quota"] = client.gpu_quota(api)
+        except CallFailed as failure:
+            if failure.kind is not FailureKind.UNAVAILABLE:
+                raise
+            state["quota_unavailable"] = str(failure)
+    return state
+
+
+def _version_holding(api: Any, ref: str, token: str, back: int, newest: dict[str, Any] | None = None) -> int | None:
+    """The newest of the last ``back`` versions of ``ref`` whose source holds ``token``; None if none does (or the
+    kernel does not exist)."""
+    try:
+        newest = newest or client.get_kernel(api, ref)
+    except Exception as error:
+        if _missing(error):
+            return None
+        raise
+    current = newest["current_version"]
+    if token in newest["source"]:
+        return current
+    for number in range(int(current or 0) - 1, max(0, int(current or 0) - back), -1):
+        try:
+            if token in client.get_kernel(api, ref, number)["source"]:
+                return number
+        except Exception as error:
+            if not _missing(error):
+                raise
+    return None
+
+
 OPERATIONS: dict[Operation, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     Operation.PUBLISH: publish,
     Operation.SETTLE: settle,
@@ -228,6 +331,9 @@ OPERATIONS: dict[Operation, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     Operation.WHOAMI: whoami,
     Operation.LIST: list_version,
     Operation.READ_VERSION: read_version,
+    Operation.READ_NEWEST: read_newest,
     Operation.DOWNLOAD_FILE: download_file,
     Operation.QUOTA: quota,
+    Operation.PUSH_KERNEL: push_kernel,
+    Operation.KERNEL_STATE: kernel_state,
 }

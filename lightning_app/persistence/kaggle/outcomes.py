@@ -21,13 +21,16 @@ class Operation(str, Enum):
     WHOAMI = "whoami"  # the user the credentials log in as
     LIST = "list"  # the files of a version
     READ_VERSION = "read_version"  # a version's number, its files, and the text of its small files
+    READ_NEWEST = "read_newest"  # the newest version of several datasets, with the text of one small file each
     DOWNLOAD_FILE = "download_file"  # one file of a version
     QUOTA = "quota"  # the weekly GPU quota
+    PUSH_KERNEL = "push_kernel"  # save a new version of a script kernel, run or Quick Save
+    KERNEL_STATE = "kernel_state"  # a kernel's newest version, its sessions' status, the version holding a text
 
     @property
     def writes(self) -> bool:
         """A 403 on a call that writes may be the credential's own permission, which another credential may have."""
-        return self in (Operation.PUBLISH, Operation.CHECK)
+        return self in (Operation.PUBLISH, Operation.CHECK, Operation.PUSH_KERNEL)
 
 
 class FailureKind(str, Enum):

@@ -62,7 +62,11 @@ def read_gpu_quota(call_timeout: float = 60.0) -> GpuQuota:
     outcome = ChildCalls("kaggle").run(Operation.QUOTA, {}, call_timeout)
     if not outcome.ok and outcome.kind is FailureKind.UNAVAILABLE:
         raise QuotaUnavailable(outcome.message)
-    result = raise_failure(outcome, "kaggle: reading the GPU quota")
+    return gpu_quota_from(raise_failure(outcome, "kaggle: reading the GPU quota"))
+
+
+def gpu_quota_from(result: dict) -> GpuQuota:
+    """A `GpuQuota` from what the child's quota call (``client.gpu_quota``) answers."""
     refresh = result["refreshes_at"]
     return GpuQuota(
         used_seconds=float(result["used_seconds"]),

@@ -325,6 +325,20 @@ def login_username(call_timeout: float = 120.0) -> str | None:
     return raise_failure(result, "kaggle: logging in")["username"]
 
 
+def read_newest(items: dict[str, str], call_timeout: float = 120.0) -> dict[str, VersionContents | None]:
+    """The newest version of each dataset of ``items`` (``{OWNER/SLUG: file name}``) with the text of that (small)
+    file, in one child process: None for a dataset that does not exist or has no version yet."""
+    for dataset in items:
+        check_dataset("dataset", dataset)
+    with _scratch() as work:
+        args = {"items": [[ref, name] for ref, name in items.items()], "path": str(work)}
+        result = raise_failure(ChildCalls("kaggle").run(Operation.READ_NEWEST, args, call_timeout), "kaggle: reading")
+    return {
+        ref: None if found is None else VersionContents(found["version"], _remote(found["files"]), dict(found["texts"]))
+        for ref, found in result.items()
+    }
+
+
 def _remote(listed) -> tuple[RemoteFile, ...]:
     return tuple(RemoteFile(str(name), int(size)) for name, size in sorted(listed))
 
