@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 
 import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
@@ -26,6 +27,9 @@ ASSUMED_UPLOAD_RATE = 10e6
 #: The `StepConsensus` questions of this callback.
 SIGNAL_RECEIVED, DEADLINE_DUE = "signal_received", "deadline_due"
 _RESUME_HINT = "Resume with the same command plus --resume (in a new session, with or without the dataset attached)."
+#: A signal repeated within this many seconds is the same request: a process group's signal and a parent's
+#: forwarding of it (a sweep passing its SIGTERM on to its trials) arrive together.
+SAME_SIGNAL_SECONDS = 2.0
 
 
 class SessionDeadline(Callback):
@@ -39,9 +43,9 @@ class SessionDeadline(Callback):
     mid-epoch checkpoint, waits for it to be published and stops training, so ``fit`` returns normally.
 
     A first SIGTERM or SIGINT does the same at the next step boundary, waiting at most ``signal_timeout`` for
-    the upload; a second one exits at once. Under DDP every rank stops at the same step: the ranks agree through
-    the checkpoint callback's `StepConsensus` (their own one without it), one small all-reduce every couple of
-    seconds shared with the time-based saves, rather than a collective per step.
+    the upload; a second one (more than `SAME_SIGNAL_SECONDS` later) exits at once. Under DDP every rank stops at
+    the same step: the ranks agree through the checkpoint callback's `StepConsensus` (their own one without it), one
+    small all-reduce every couple of seconds shared with the time-based saves, rather than a collective per step.
 
     Args:
         budget: time this session may train, e.g. ``05:00:00``, counted from ``LIGHTNING_APP_SESSION_START``
@@ -72,6 +76,8 @@ class SessionDeadline(Callback):
         self.handle_signals = handle_signals
         self.stopped_because: str | None = None
         self._signals = 0
+        self._first_signal_at = 0.0
+        self._stopped: tuple[str, float] | None = None  # why and how long to wait: said once training has ended
         self._consensus = StepConsensus()
         self._save_seconds = 0.0  # the slowest checkpoint write seen in this run
         self._state_bytes = 0  # weights + AdamW moments: about what one checkpoint uploads
@@ -138,7 +144,10 @@ class SessionDeadline(Callback):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, _frame) -> None:
+        if self._signals and time.monotonic() - self._first_signal_at < SAME_SIGNAL_SECONDS:
+            return  # the same request, delivered twice (to the process group, and forwarded by a parent)
         self._signals += 1
+        self._first_signal_at = self._first_signal_at or time.monotonic()
         if self._signals > 1:
             log.warning(f"Second {signal.Signals(signum).name}: exiting now")
             os._exit(128 + signum)
@@ -169,6 +178,16 @@ class SessionDeadline(Callback):
         if not saved_now and self._checkpoint is not None:  # the last batch: saved and flushed at the epoch's end
             log.warning(f"Stopping after this epoch {why}. {_RESUME_HINT}")
             return
+        # Published once training has ended (`on_train_end`): this step's row is logged after this hook, and the
+        # version carries the rows logged before the checkpoint's step.
+        self._stopped = (why, time.monotonic() + wait)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._stopped is None or not trainer.is_global_zero:
+            return
+        (why, until), self._stopped = self._stopped, None
+        wait = max(1.0, until - time.monotonic())
         published = self._sync.flush(wait) if self._sync is not None else False
         if self._checkpoint is not None:
             self._checkpoint.wait_for_writes(wait)

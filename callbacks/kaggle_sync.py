@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import CSVLogger
 from typing_extensions import override
 
 from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.durations import parse_duration
 from lightning_app.errors import ConfigError, bad_value
 from lightning_app.experiment import experiment_name
+from lightning_app.persistence.history import HISTORY_NAME, read_history, rows_before
 from lightning_app.persistence.kaggle.names import check_dataset
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, Published, PublishJob
@@ -39,7 +43,13 @@ class KaggleDatasetSync(Callback):
     Only global rank 0 publishes, from one background worker: training never waits for the network. A version
     holds exactly the newest ``upload_last`` checkpoints and ``manifest.json``, so its size stays flat; with
     ``upload_best`` it also holds the best checkpoint (``--checkpoint.monitor``) when that changed since the last
-    published version.
+    published version. With the CLI's CSV logger, a version also holds the run's metric history up to its newest
+    checkpoint (``metrics.csv``: the rows logged before its step, every session stitched; see
+    `lightning_app.persistence.history`), so the curves survive the session with the checkpoints.
+
+    A checkpoint is staged on the training thread once the rows before its step are logged: Lightning logs a step's
+    row after the callbacks' ``on_train_batch_end``, where a step checkpoint is taken, so the version waits for the
+    next batch's start (or the epoch's end, the end of training, a flush).
 
     Args:
         dataset: OWNER/SLUG of the dataset; default ``<kaggle username>/<experiment name>-checkpoints``, the
@@ -93,6 +103,10 @@ class KaggleDatasetSync(Callback):
         self.publisher: BackgroundPublisher | None = None
         self._saved: list[CheckpointEntry] = []  # this run's checkpoints, oldest first (rank 0)
         self._checkpoints: list[KaggleModelCheckpoint] = []
+        self._history: CSVLogger | None = None  # the logger whose metrics.csv each version holds (rank 0)
+        self._trainer: pl.Trainer | None = None
+        self._waiting: list[SavedCheckpoint] = []  # written, waiting for the rows before their step to be logged
+        self._lock = threading.Lock()
 
     @property
     def dataset(self) -> str | None:
@@ -112,6 +126,8 @@ class KaggleDatasetSync(Callback):
         choice = self.store_choice()
         store = choice.store
         self._checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, KaggleModelCheckpoint)]
+        self._trainer = trainer
+        self._history = next((lg for lg in trainer.loggers if isinstance(lg, CSVLogger)), None)
         if self.required:
             self._check_required(choice)
         if store is None:
@@ -140,17 +156,51 @@ class KaggleDatasetSync(Callback):
         log.info(f"Checkpoint sync checked: {found}")
 
     def _on_checkpoint_saved(self, saved: SavedCheckpoint) -> None:
-        """Runs in the checkpoint writer thread, right after the file and manifest are complete."""
+        """Runs in the checkpoint writer thread, right after the file and manifest are complete: staged now, or,
+        with a metric history to add, by the training thread once the rows before its step are logged."""
         if self.publisher is None:
             return
-        self._saved.append(saved.entry)
+        with self._lock:
+            self._saved.append(saved.entry)
+            if self._history is not None:
+                self._waiting.append(saved)
+                return
+        self._stage(saved)
+
+    def _rows_logged_before(self, step: int | None) -> None:
+        """Training thread: every row before ``step`` is logged (None: stage whatever waits); stage the newest
+        checkpoint that waited for it (an older one would only be replaced in the publisher's queue)."""
+        with self._lock:
+            ready = [s for s in self._waiting if step is None or s.entry.global_step <= step]
+            self._waiting = [s for s in self._waiting if s not in ready]
+        if ready and self.publisher is not None:
+            for skipped in ready[:-1]:
+                log.debug(f"{skipped.entry.file} is not published on its own: a newer checkpoint came before it")
+            self._stage(ready[-1])
+
+    def _stage(self, saved: SavedCheckpoint) -> None:
         newest = list(saved.run_entries[: self.upload_last]) or [saved.entry]
         best = self._best_to_add(saved.run_entries)
         staged = saved.folder.stage(newest + [e for e in best if e not in newest])
+        self._add_history(staged, saved.entry.global_step)
         notes = version_notes(saved.entry) + (f", with the best checkpoint {best[0].file}" if best else "")
         self.publisher.submit(PublishJob(staged, notes, saved.entry))
         if (reason := self.state.unsafe) is not None:  # once per checkpoint, never per step
             log.warning(f"Checkpoints are NOT SAFE ({reason}): {saved.entry.file} is only in {saved.folder.path}")
+
+    def _add_history(self, staged: Path, step: int) -> None:
+        """Write the rows logged before ``step`` into the staged version as ``metrics.csv`` (training thread: the
+        logger writes what it buffered first, and nothing appends meanwhile)."""
+        if self._history is None:
+            return
+        try:
+            self._history.save()
+            text = read_history(Path(self._history.log_dir) / HISTORY_NAME)
+            history = rows_before(text, step) if text else ""
+            if history:
+                (staged / HISTORY_NAME).write_text(history)
+        except OSError as error:  # the checkpoint is what matters: publish it without its curves
+            log.warning(f"The metric history could not be added to the version of step {step} ({error})")
 
     def _best_to_add(self, run_entries: tuple[CheckpointEntry, ...]) -> list[CheckpointEntry]:
         """This run's best checkpoint, when ``upload_best`` is on and neither a published version nor the publish
@@ -210,12 +260,31 @@ class KaggleDatasetSync(Callback):
         self.flush_timeout = min(self.flush_timeout, seconds)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for the checkpoints being written, then for the newest one to be published."""
+        """Wait for the checkpoints being written, then for the newest one to be published.
+
+        Called on the training thread between steps (the end of ``fit``, the deadline's stop): the rows before
+        the current step are logged, so what waits for them is staged first.
+        """
         if self.publisher is None:
             return True
+        step = self._trainer.global_step if self._trainer is not None else None
+        self._rows_logged_before(step)  # first what is written already: a listener may wait for its publication
         for checkpoint in self._checkpoints:
             checkpoint.wait_for_writes()
+        self._rows_logged_before(step)
         return self.publisher.flush(self.flush_timeout if timeout is None else timeout)
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        self._rows_logged_before(trainer.global_step)  # the previous step's row is logged by now
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows_logged_before(trainer.global_step)  # before the epoch's checkpoint (checkpoint callbacks run last)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._rows_logged_before(trainer.global_step)
 
     def _finish(self) -> None:
         """Flush, then say plainly whether the final checkpoint is published (the last lines of ``fit``)."""
@@ -230,7 +299,8 @@ class KaggleDatasetSync(Callback):
         if self.publisher is not None:
             self.publisher.close()
             self.publisher = None
-        self._checkpoints, self._saved = [], []
+        self._checkpoints, self._saved, self._waiting = [], [], []
+        self._history = self._trainer = None
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

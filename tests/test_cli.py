@@ -23,8 +23,14 @@ def _print_config(capsys, *args: str) -> dict:
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
-def test_every_config_parses(config, capsys):
-    printed = _print_config(capsys, "--config", str(config))
+def test_every_config_parses(config, capsys, tmp_path):
+    from lightning_app.sweep.grid import sweep_options, take_sweep_sections
+
+    # A sweep's config (configs/sweep.yaml): fit parses it without its sweep: section, as each trial gets it.
+    args, section = take_sweep_sections(["--config", str(config)], tmp_path)
+    if section is not None:
+        assert sweep_options({}, section).grid
+    printed = _print_config(capsys, *args)
     assert printed["model"]["pe_type"] in ("sinusoidal", "learned", "rope", "alibi", "none")
     assert printed["trainer"]["use_distributed_sampler"] is False
     assert printed["checkpoint"]["dirpath"]
@@ -149,10 +155,11 @@ def test_help_lists_every_command_and_an_unknown_one_is_one_line(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "checkpoints", "plot", "lengths", "generate", "launch"]
+    assert listed == ["fit", "validate", "test", "checkpoints", "plot", "lengths", "generate", "sweep", "launch"]
     with pytest.raises(SystemExit) as exit_info:
         main(["fitt"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: got command 'fitt'; expected one of: fit, validate, test, checkpoints, plot, lengths, generate, launch"
+        "error: got command 'fitt'; expected one of: fit, validate, test, checkpoints, plot, lengths, generate, "
+        "sweep, launch"
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,49 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, message):
 def test_plotting_does_not_load_lightning_or_torch():
     code = "import sys, lightning_app.commands.plot; sys.exit(bool({'torch', 'pytorch_lightning'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+# -- the history published with the checkpoints: version folders, datasets, a sweep's trials ------------------------
+
+
+def write_version(folder: Path, run_id: str, rows: list[dict], settings: dict = ROPE, step: int = 64) -> Path:
+    """A dataset version as the sync publishes it: a checkpoint's manifest and the run's metrics.csv."""
+    folder.mkdir(parents=True)
+    entry = {"file": "kaggle_epoch_1_20261206-010203.ckpt", "epoch": 1, "global_step": step, "run_id": run_id}
+    manifest = {"format": 1, "checkpoints": [{**entry, "timestamp": "20261206-010203", "settings": settings}]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows([train(0, 3.0), *rows])
+    return folder
+
+
+def test_downloaded_versions_are_curves_of_their_runs(tmp_path):
+    # Two versions of one run (any folder names) are one curve; another run of the same model is its own curve.
+    write_version(tmp_path / "v3", "run-a", [val(31, 2.0)], step=32)
+    write_version(tmp_path / "v5", "run-a", [val(31, 2.0), val(63, 1.7)])
+    write_version(tmp_path / "other" / "v2", "run-b", [val(31, 2.4)], ALIBI)
+    curves = plot.load_curves([tmp_path / "v3", tmp_path / "v5", tmp_path / "other"])
+    assert [(c.label, c.series("val_loss")) for c in curves] == [
+        ("rope (tiny)", ([31, 63], [2.0, 1.7])),
+        ("alibi (tiny)", ([31], [2.4])),
+    ]
+
+
+def test_a_sweeps_trials_over_a_training_knob_are_one_curve_each(tmp_path):
+    write_run(tmp_path, "rope-tiny-1a2b3c4d-0000aaaa", [val(31, 2.0)], ROPE)
+    write_run(tmp_path, "rope-tiny-1a2b3c4d-1111bbbb", [val(31, 2.5)], ROPE)  # same model, another lr
+    labels = sorted(c.label for c in plot.load_curves([tmp_path]))
+    assert labels == ["rope (tiny) [0000aaaa]", "rope (tiny) [1111bbbb]"]
+
+
+def test_a_dataset_is_read_through_the_api(tmp_path, kaggle_env, fake_kaggle, capsys):
+    version = write_version(tmp_path / "published", "run-a", [val(31, 2.0), val(63, 1.7)])
+    files = {name: (version / name).read_bytes() for name in ("manifest.json", "metrics.csv")}
+    fake_kaggle.add_dataset("fake-user/rope-tiny-1a2b3c4d-checkpoints", "rope run", files)
+    curves = plot.load_curves(["fake-user/rope-tiny-1a2b3c4d-checkpoints"], tmp_path / "downloads")
+    assert [(c.label, c.series("val_loss")) for c in curves] == [("rope (tiny)", ([31, 63], [2.0, 1.7]))]
+    assert plot.main(["fake-user/no-such-dataset", "-o", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fake-user/no-such-dataset: could not read the dataset (") and err.count("\n") == 1

@@ -28,6 +28,7 @@ COMMANDS = {
     "plot": ("lightning_app.commands.plot", "draw the logged curves of runs, their sessions stitched"),
     "lengths": ("lightning_app.commands.lengths", "perplexity at several sequence lengths: train short, test long"),
     "generate": ("lightning_app.commands.generate", "sample text from a checkpoint"),
+    "sweep": ("lightning_app.commands.sweep", "train every setting of a grid to its end across sessions, then compare"),
     "launch": ("lightning_app.commands.launch", "train on Kaggle, each session starting the next until done"),
 }
 

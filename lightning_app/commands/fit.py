@@ -25,6 +25,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.accelerators import CUDAAccelerator
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger
 
 from callbacks.checkpoint import KaggleModelCheckpoint
 from callbacks.deadline import SessionDeadline
@@ -33,11 +34,12 @@ from callbacks.progress_bar import use_sync_progress_bar
 from lightning_app.data.canonical import fresh_layout, precision_on_resume, read_saved_layout, resumed_layout
 from lightning_app.data.datamodule import TokenWindowDataModule
 from lightning_app.errors import ConfigError
-from lightning_app.experiment import experiment_name
+from lightning_app.experiment import check_run_name, experiment_name
 from lightning_app.gpu import check_torch_supports_gpu
 from lightning_app.logging_setup import add_logging_callbacks, default_loggers, name_loggers_after, quiet_third_parties
 from lightning_app.module import LanguageModel
-from lightning_app.persistence.folder import read_manifest
+from lightning_app.persistence.folder import Candidate, read_manifest
+from lightning_app.persistence.history import HISTORY_NAME, restore_history
 from lightning_app.persistence.restore import RestoreOptions, resolve_resume
 from lightning_app.persistence.store import make_store
 from lightning_app.precision import resolve_precision
@@ -93,6 +95,8 @@ class TrainingCLI(LightningCLI):
     #: ``fit``: the run's name (logs, default dataset) and the local checkpoint ``--resume`` resolved to.
     experiment: str = ""
     resume_path: str | None = None
+    #: ``fit --resume``: the checkpoint resumed from (its ``history``: the metric history published with it).
+    resumed: Candidate | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(KaggleModelCheckpoint, "checkpoint")
@@ -106,6 +110,14 @@ class TrainingCLI(LightningCLI):
             default=None,
             help="Continue from the newest good checkpoint (local folder, --restore.input_dir, the sync dataset), "
             "or from the checkpoint file given. Without it training starts fresh.",
+        )
+        parser.add_argument(
+            "--name",
+            type=str | None,
+            default=None,
+            help="The run's name: its log folder (logs/lm/NAME/) and default dataset (<user>/NAME-checkpoints); "
+            "lower-case letters, digits and '-'. Default: <pe_type>-<model_size>-<8 hex of the model and data>. "
+            "A sweep names each trial this way.",
         )
         parser.link_arguments("data.vocab_size", "model.vocab_size", apply_on="instantiate")
         parser.set_defaults(
@@ -137,20 +149,36 @@ class TrainingCLI(LightningCLI):
         if seq_len is not None:
             self.model.model.check_sequence_length(seq_len)  # before training, not at the first batch
         identity = self.datamodule.identity() if hasattr(self.datamodule, "identity") else {}
-        self.experiment = experiment_name(self.model.settings(), identity)
+        name = self._get(self.config_init, "name")
+        self.experiment = check_run_name("--name", name) if name else experiment_name(self.model.settings(), identity)
         sync: KaggleDatasetSync = self._get(self.config_init, "sync")
         store = functools.cache(lambda: make_store(sync.store_options, self.experiment))
         sync.store_choice = store
         folder = Path(self._get(self.config_init, "checkpoint").dirpath)
         options: RestoreOptions = self._get(self.config_init, "restore")
         resume = self._get(self.config_init, "resume")
-        self.resume_path = resolve_resume(resume, folder, options, self.model.settings(), store)
+        on_resume = functools.partial(setattr, self, "resumed")
+        self.resume_path = resolve_resume(resume, folder, options, self.model.settings(), store, on_resume)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "fit":  # validate/test runs keep their own version_N log folders
             name_loggers_after(self.trainer, self.experiment)
+            self._restore_history()
         add_logging_callbacks(self.trainer)
         use_sync_progress_bar(self.trainer)
+
+    def _restore_history(self) -> None:
+        """Resuming: the run's ``metrics.csv`` becomes its history up to the checkpoint's step (the one published
+        with it, else this folder's), before the logger opens it; rows a killed session logged later are dropped.
+        """
+        if self.resumed is None or int(os.environ.get("LOCAL_RANK", "0")) or int(os.environ.get("NODE_RANK", "0")):
+            return
+        logger = next((lg for lg in self.trainer.loggers if isinstance(lg, CSVLogger)), None)
+        if logger is not None:
+            step = self.resumed.entry.global_step
+            said = restore_history(Path(logger.log_dir) / HISTORY_NAME, step, self.resumed.history)
+            if said:
+                log.info(said[0].upper() + said[1:])
 
     def fit(self, model: pl.LightningModule, datamodule=None, ckpt_path: str | None = None, **kwargs) -> None:
         """`Trainer.fit` from the checkpoint ``--resume`` resolved to (or ``--ckpt_path``), after the start line."""

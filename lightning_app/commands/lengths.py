@@ -31,7 +31,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from lightning_app.commands import CommandParser, one_line_errors
-from lightning_app.commands.plot import MATPLOTLIB_MISSING, PE_COLORS, PE_MARKERS, SIZE_STYLES
+from lightning_app.commands.plot import MATPLOTLIB_MISSING, PE_COLORS, PE_MARKERS, SIZE_STYLES, shared_styles
 from lightning_app.commands.trained_run import build_datamodule, find_checkpoint, read_data_config, training_data
 from lightning_app.errors import ConfigError, bad_value
 from lightning_app.module import LanguageModel
@@ -108,8 +108,8 @@ def table(runs: Sequence[Run], lengths: Sequence[int]) -> str:
     return "\n".join(lines + footer)
 
 
-def draw(runs: Sequence[Run], lengths: Sequence[int], output: Path) -> Path:
-    """Perplexity against length (log x axis), one curve per run."""
+def draw(runs: Sequence[Run], lengths: Sequence[int], output: Path, legend: str = "pe_type (model_size)") -> Path:
+    """Perplexity against length (log x axis), one curve per run; ``legend`` titles what the labels say."""
     try:
         import matplotlib
 
@@ -118,10 +118,12 @@ def draw(runs: Sequence[Run], lengths: Sequence[int], output: Path) -> Path:
     except ImportError:
         raise ConfigError(MATPLOTLIB_MISSING) from None
     fig, axis = plt.subplots(figsize=(7, 4.5))
+    palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    shared = shared_styles(run.hparams for run in runs)
     for run in runs:
         points = [(n, run.scores[n][1]) for n in lengths if not isinstance(run.scores[n], str)]
         pe = str(run.hparams.get("pe_type"))
-        style = {"color": PE_COLORS.get(pe), "marker": PE_MARKERS.get(pe, "o")}
+        style = {"color": next(palette, None) if shared else PE_COLORS.get(pe), "marker": PE_MARKERS.get(pe, "o")}
         style["linestyle"] = SIZE_STYLES.get(str(run.hparams.get("model_size")), "-")
         if points:
             axis.plot(*zip(*points), label=run.label, **style)
@@ -131,7 +133,7 @@ def draw(runs: Sequence[Run], lengths: Sequence[int], output: Path) -> Path:
     axis.set_xlabel("sequence length (dotted: training length)")
     axis.set_ylabel("validation perplexity")
     axis.grid(True, alpha=0.3)
-    axis.legend(title="pe_type (model_size)", fontsize=9)
+    axis.legend(title=legend, fontsize=9)
     axis.set_title("Train short, test long")
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)

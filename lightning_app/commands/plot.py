@@ -1,27 +1,37 @@
-"""``python -m lightning_app plot RUN_DIR [RUN_DIR ...] -o curves.png``: compare runs in one figure.
+"""``python -m lightning_app plot RUN [RUN ...] -o curves.png``: compare runs in one figure.
 
 Validation loss and perplexity against step, and against training wall time when it was logged, one curve per
 experiment, labelled by ``pe_type`` and ``model_size``.
 
-Each RUN_DIR (or ``metrics.csv`` file) is searched for the metrics files that `ResumableCSVLogger` writes
-(``logs/lm/<experiment>/metrics.csv``). Files of one experiment -- the log folders of several Kaggle sessions of
-one run -- are stitched into one continuous curve: rows are read file after file (ordered by their first logged
-step), and when two rows give a metric for the same step the later one wins, because a resumed session logs
-again the steps after its checkpoint. Settings come from ``hparams.yaml`` (or the CLI's ``config.yaml``) beside
-each ``metrics.csv``. Files with no training rows (logs of ``validate`` or ``test`` runs) are left out.
+Each RUN is one of:
+
+- a log folder (or a ``metrics.csv`` file), searched for the metrics files that `ResumableCSVLogger` writes
+  (``logs/lm/<experiment>/metrics.csv``);
+- a downloaded dataset version (or an attached one, ``/kaggle/input/<slug>/``): every version the sync publishes
+  holds the run's whole metric history as ``metrics.csv`` beside ``manifest.json``;
+- a dataset, ``OWNER/SLUG`` (when no such path exists here): its newest version's history, read through the API.
+
+Files of one experiment -- the log folders of several Kaggle sessions of one run -- are stitched into one
+continuous curve: rows are read file after file (ordered by their first logged step), and when two rows give a
+metric for the same step the later one wins, because a resumed session logs again the steps after its checkpoint.
+Settings come from ``hparams.yaml`` (or the CLI's ``config.yaml``) beside each ``metrics.csv``, or from a version's
+``manifest.json``. Files with no training rows (logs of ``validate`` or ``test`` runs) are left out.
 
 Example::
 
     python -m lightning_app plot logs /kaggle/input/my-notebook-output/logs -o curves.png
+    python -m lightning_app plot alice/rope-small-1a2b3c4d-checkpoints alice/alibi-small-5e6f7a8b-checkpoints
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,8 +44,12 @@ from lightning_app.errors import ConfigError
 from lightning_app.experiment import ARCHITECTURE_KEYS, WALL_TIME_KEY
 
 METRICS_NAME = "metrics.csv"
-#: A log folder named by the CLI after the experiment: ``rope-small-1a2b3c4d``.
-_EXPERIMENT_DIR = re.compile(r"^[a-z]+-[a-z]+-[0-9a-f]{8}$")
+MANIFEST_NAME = "manifest.json"
+#: A log folder named by the CLI after the experiment, ``rope-small-1a2b3c4d``, or after a sweep's trial,
+#: ``rope-small-1a2b3c4d-5e6f7a8b`` (its grid values hashed): the run's own name.
+_EXPERIMENT_DIR = re.compile(r"^[a-z]+-[a-z]+-[0-9a-f]{8}(?:-[0-9a-f]{8})?$")
+#: ``OWNER/SLUG``: a dataset, read through the API when no such path exists here.
+_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9-]{6,50}$")
 PE_COLORS = {"sinusoidal": "tab:blue", "learned": "tab:orange", "rope": "tab:green", "alibi": "tab:red", "none": "0.45"}
 PE_MARKERS = {"sinusoidal": "o", "learned": "s", "rope": "^", "alibi": "D", "none": "x"}
 SIZE_STYLES = {"tiny": "-", "small": "--", "base": "-.", "large": ":"}
@@ -66,25 +80,63 @@ class Curve:
         return steps, [math.exp(min(v, 50.0)) for v in losses]
 
 
-def find_metrics(paths: Sequence[str | Path]) -> list[Path]:
-    """Every ``metrics.csv`` given or found under the given folders; `ConfigError` for a path that has none."""
+def find_metrics(paths: Sequence[str | Path], download_to: Path | None = None) -> list[Path]:
+    """Every ``metrics.csv`` given or found under the given folders, or read from the dataset ``OWNER/SLUG`` (into
+    ``download_to``); `ConfigError` for a path that has none."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
+        if not path.exists() and download_to is not None and _DATASET.match(str(raw)):
+            path = download_history(str(raw), download_to)
         if path.is_file():
             files = [path]
         elif path.is_dir():
             files = sorted(path.rglob(METRICS_NAME))
         else:
-            raise ConfigError(f"{raw}: no such file or folder")
+            raise ConfigError(f"{raw}: no such file or folder (nor a dataset OWNER/SLUG)")
         if not files:
             raise ConfigError(f"{raw}: no {METRICS_NAME} in it (logs are in logs/lm/<experiment>/ by default)")
         found += [f for f in files if f.resolve() not in {g.resolve() for g in found}]
     return found
 
 
+def download_history(dataset: str, into: Path) -> Path:
+    """The metric history and manifest of ``dataset``'s newest version, written into ``into/<slug>/`` (a version
+    folder as `find_metrics` reads it). One line (`ConfigError`) when the dataset cannot be read or holds none."""
+    from lightning_app.persistence.kaggle.store import KaggleDatasetStore
+    from lightning_app.persistence.store import StoreError
+
+    try:
+        version = KaggleDatasetStore(dataset).read_version(texts=(METRICS_NAME, MANIFEST_NAME))
+    except StoreError as error:
+        raise ConfigError(f"{dataset}: could not read the dataset ({error})") from None
+    if METRICS_NAME not in version.texts:
+        raise ConfigError(
+            f"{dataset}: version {version.number} holds no {METRICS_NAME} (published before metric "
+            "histories travelled with checkpoints?)"
+        )
+    folder = into / dataset.split("/")[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in version.texts.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def _manifest_newest(metrics: Path) -> dict:
+    """The newest entry of the ``manifest.json`` beside ``metrics`` (a dataset version), or an empty dict."""
+    try:
+        entries = json.loads((metrics.parent / MANIFEST_NAME).read_text()).get("checkpoints") or []
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return max(entries, key=lambda e: (str(e.get("timestamp", "")), int(e.get("global_step", -1))), default={})
+
+
 def read_settings(metrics: Path) -> dict[str, object]:
-    """The model settings of the run that wrote ``metrics``: ``hparams.yaml``, else ``config.yaml``'s ``model``."""
+    """The model settings of the run that wrote ``metrics``: ``hparams.yaml``, else ``config.yaml``'s ``model``,
+    else (a dataset version) the architecture its ``manifest.json`` records."""
+    newest = _manifest_newest(metrics)
+    if isinstance(newest.get("settings"), dict) and "pe_type" in newest["settings"]:
+        return dict(newest["settings"])
     for name, section in (("hparams.yaml", None), ("config.yaml", "model")):
         path = metrics.parent / name
         if not path.is_file():
@@ -105,6 +157,8 @@ def experiment_key(metrics: Path, settings: dict[str, object]) -> str:
     """What ties the metrics files of one experiment together across sessions and machines."""
     if _EXPERIMENT_DIR.match(metrics.parent.name):
         return metrics.parent.name
+    if run_id := _manifest_newest(metrics).get("run_id"):
+        return f"run {run_id}"  # a dataset version (``<experiment>-checkpoints``, a trial's): its run
     if settings:
         return "|".join(f"{k}={settings.get(k)}" for k in ARCHITECTURE_KEYS)
     return str(metrics.resolve())
@@ -146,10 +200,11 @@ def _first_step(rows: list[dict[str, str]]) -> float:
     return min(steps) if steps else math.inf
 
 
-def load_curves(paths: Sequence[str | Path]) -> list[Curve]:
-    """One `Curve` per experiment found under ``paths``, labelled ``pe_type (model_size)``."""
+def load_curves(paths: Sequence[str | Path], download_to: Path | None = None) -> list[Curve]:
+    """One `Curve` per experiment found under ``paths`` (datasets ``OWNER/SLUG`` read into ``download_to``),
+    labelled ``pe_type (model_size)``."""
     curves: dict[str, Curve] = {}
-    for metrics in find_metrics(paths):
+    for metrics in find_metrics(paths, download_to):
         if not _has_training_rows(metrics):
             continue  # a `validate` or `test` run's log: no curve of its own
         settings = read_settings(metrics)
@@ -179,13 +234,22 @@ def _order(curve: Curve) -> tuple[int, int, str]:
     return (pes.index(pe) if pe in pes else len(pes), sizes.index(size) if size in sizes else len(sizes), curve.label)
 
 
+def shared_styles(settings) -> bool:
+    """Whether two runs would get one colour and line style (the same ``pe_type`` and size: a sweep over a training
+    knob): then each gets a colour of its own."""
+    pairs = [(s.get("pe_type"), s.get("model_size")) for s in settings]
+    return len(set(pairs)) < len(pairs)
+
+
 def _time_unit(seconds: float) -> tuple[float, str]:
     if seconds < 300:
         return 1.0, "s"
     return (60.0, "min") if seconds < 3 * 3600 else (3600.0, "h")
 
 
-def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "both") -> Path:
+def draw(
+    curves: list[Curve], output: Path, title: str | None = None, x: str = "both", legend: str = "pe_type (model_size)"
+) -> Path:
     """Write the figure to ``output`` (format from its suffix).
 
     Args:
@@ -193,6 +257,7 @@ def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "
         output: the image file; its suffix picks the format (png, svg, pdf...).
         title: the figure's title.
         x: ``step``, ``time`` (training wall time, where logged) or ``both`` (one row each).
+        legend: the legend's title (what the labels say).
     """
     try:
         import matplotlib
@@ -209,10 +274,11 @@ def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "
     top_time = max((max(c.points[WALL_TIME_KEY].values()) for c in timed), default=0.0)
     scale, unit = _time_unit(top_time)
     palette = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    shared = shared_styles(curve.settings for curve in curves)
     for curve in curves:
         pe = str(curve.settings.get("pe_type"))
         style = {
-            "color": PE_COLORS.get(pe) or next(palette, "black"),
+            "color": (None if shared else PE_COLORS.get(pe)) or next(palette, "black"),
             "linestyle": SIZE_STYLES.get(str(curve.settings.get("model_size")), "-"),
             "marker": PE_MARKERS.get(pe, "o"),
             "markersize": 4,
@@ -236,7 +302,7 @@ def draw(curves: list[Curve], output: Path, title: str | None = None, x: str = "
             axis.set_xlabel("step" if kind == "step" else f"training time ({unit})")
             axis.set_ylabel(name)
             axis.grid(True, alpha=0.3)
-    axes[0][0].legend(title="pe_type (model_size)", fontsize=9)
+    axes[0][0].legend(title=legend, fontsize=9)
     fig.suptitle(title or "Validation curves by positional encoding")
     fig.tight_layout()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validation loss and perplexity of several runs in one figure, against step and wall time. "
         "Log folders of several sessions of one run are stitched into one curve.",
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="a log folder (searched for metrics.csv) or file")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="a log folder (searched for metrics.csv) or file, a downloaded dataset version, or a dataset OWNER/SLUG",
+    )
     parser.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png)")
     parser.add_argument("--title", default=None, help="the figure's title")
     parser.add_argument(
@@ -267,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0, or 2 after printing a one-line error)."""
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    curves = load_curves(args.runs)
+    with tempfile.TemporaryDirectory(prefix="plot-") as downloads:
+        curves = load_curves(args.runs, Path(downloads))
     if not curves:
         raise ConfigError("no validation loss logged in " + ", ".join(args.runs))
     output = draw(curves, Path(args.output), args.title, args.x)

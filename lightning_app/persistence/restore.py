@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -44,6 +45,7 @@ from lightning_app.persistence.folder import (
     parse_checkpoint_name,
     verify,
 )
+from lightning_app.persistence.history import HISTORY_NAME, read_history
 from lightning_app.persistence.manifest import CheckpointEntry, Manifest
 from lightning_app.persistence.retry import retry_call
 from lightning_app.persistence.store import (
@@ -265,8 +267,19 @@ class _Dataset:
             path = self.download_dir / f"v{listing.number}" / name
             candidate = Candidate("remote", path, entry, in_manifest, origin=origin)
             candidate.fetch = self._fetcher(name, path, listing.number, entry.size)
+            if HISTORY_NAME in names:
+                candidate.read_history = functools.partial(self._read_history, listing.number)
             found.append(candidate)
         return found
+
+    def _read_history(self, version: int) -> str | None:
+        """The metric history ``version`` holds; None (and one warning) when it cannot be read in time."""
+        try:
+            read = self._call(lambda: self.store.read_version(version, texts=(HISTORY_NAME,)))
+        except StoreError as error:
+            log.warning(f"The metric history of {self.store.description} version {version} could not be read ({error})")
+            return None
+        return read.texts.get(HISTORY_NAME)
 
     def _fetcher(self, name: str, path: Path, version: int, size: int) -> Callable[[], None]:
         def fetch() -> None:
@@ -381,6 +394,17 @@ def blocked_line(look: RemoteLook) -> str:
     )
 
 
+def history_beside(candidate: Candidate) -> str | None:
+    """The run's metric history published with ``candidate``: the ``metrics.csv`` of its dataset version, or the
+    one beside it (an attached version, a downloaded one); None when there is none (a checkpoint of the local
+    folder: its run's log folder holds the history)."""
+    if candidate.read_history is not None:
+        return candidate.read_history()
+    if candidate.source == "remote":
+        return None
+    return read_history(candidate.path.parent / HISTORY_NAME)
+
+
 def restore_newest(
     checkpoint_dir: Path,
     options: RestoreOptions,
@@ -392,7 +416,8 @@ def restore_newest(
     Returns the candidate and its local path, or None when there is nothing to resume; raises `ResumeBlocked`
     when nothing here verifies and the dataset could not be read. Runs under a lock on the checkpoint folder:
     processes that start together on one machine (torchrun, SLURM) take turns, and after the first one has
-    copied or downloaded, the others find its local copy and download nothing.
+    copied or downloaded, the others find its local copy and download nothing. The candidate's ``history`` is the
+    metric history published with it (`history_beside`), read before the folder's downloads are removed.
     """
     with folder_lock(checkpoint_dir):
         try:
@@ -415,6 +440,7 @@ def restore_newest(
                     f"Left alone: {run_label(run[0].entry.run_id)}, newest {run[0].describe()} in "
                     f"{run[0].origin or run[0].path.parent}"
                 )
+            chosen.history = history_beside(chosen)
             try:
                 return chosen, CheckpointFolder(checkpoint_dir).adopt(chosen)
             except OSError as error:
@@ -441,6 +467,7 @@ def resolve_resume(
     options: RestoreOptions,
     settings: dict[str, object],
     store: Callable[[], StoreChoice | None],
+    on_resume: Callable[[Candidate], None] | None = None,
 ) -> str | None:
     """The local checkpoint path to resume from, or None to start fresh.
 
@@ -451,6 +478,8 @@ def resolve_resume(
         options: ``--restore.*``.
         settings: the requested architecture; a checkpoint made for another is refused in one line.
         store: makes the run's store (see `make_store`), called only when the dataset is to be read.
+        on_resume: called with the checkpoint chosen (its ``history``: the metric history published with it, or
+            None), in the process that resolved it.
     """
     if resume is None:
         if any(folder.glob(CHECKPOINT_GLOB)):
@@ -472,9 +501,12 @@ def resolve_resume(
         if chosen is None:
             raise ConfigError(f"--resume: {resume!r} is not a checkpoint that loads")
         check_settings(chosen, settings)
+        chosen.history = history_beside(chosen)
         local = CheckpointFolder(folder).adopt(chosen)
     log.info(explain(chosen))
     os.environ[RESUME_ENV] = str(local)
+    if on_resume is not None:
+        on_resume(chosen)
     return str(local)
 
 
@@ -487,6 +519,7 @@ __all__ = [
     "collect",
     "explain",
     "folder_lock",
+    "history_beside",
     "newest_first",
     "resolve_resume",
     "restore_newest",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import checkpoint_stall, collectives, restore_time, throughput, upload_volume
+from benchmarks import checkpoint_stall, collectives, restore_time, sweep_parallel, throughput, upload_volume
 from benchmarks.common import markdown_table
 from tests.cli_helpers import REPO
 
@@ -86,7 +86,10 @@ def test_restore_time_quick(capsys):
     assert wrapped.wrapped and wrapped.peak_bytes > 1.5 * size and wrapped.outside_bytes >= size
 
 
-@pytest.mark.parametrize("module", [throughput, checkpoint_stall, upload_volume, restore_time, collectives])
+# sweep_parallel's --quick starts three sweeps of two fresh trials each (a minute): tested in tests/sweep/ instead.
+@pytest.mark.parametrize(
+    "module", [throughput, checkpoint_stall, upload_volume, restore_time, collectives, sweep_parallel]
+)
 def test_each_command_has_help(module, capsys):
     with pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])

@@ -150,3 +150,22 @@ def test_every_rank_stops_at_rank_zeros_quota(quota, tmp_path):
     assert set(decided) == {0, 1}, "a rank failed (a barrier timed out: the ranks disagreed)"
     assert decided[0] == decided[1] is not None
     assert 10 <= decided[0] <= 10 + 8  # due from batch 10 (100 s); agreed at the next check (K = 8)
+
+
+def test_a_signal_that_arrives_twice_together_is_one_request(monkeypatch):
+    """A sweep passes its SIGTERM on to a trial that the process group's signal reached too: one request, not the
+    second signal that exits at once; a second one later still does."""
+    import callbacks.deadline as deadline_module
+
+    clock = [100.0]
+    monkeypatch.setattr(deadline_module.time, "monotonic", lambda: clock[0])
+    exits = []
+    monkeypatch.setattr(deadline_module.os, "_exit", exits.append)
+    deadline = SessionDeadline(budget="off")
+    deadline._on_signal(15, None)
+    clock[0] += 0.05
+    deadline._on_signal(15, None)  # the group's and the sweep's, together
+    assert deadline._signals == 1 and exits == []
+    clock[0] += deadline_module.SAME_SIGNAL_SECONDS
+    deadline._on_signal(15, None)
+    assert exits == [128 + 15]

@@ -48,21 +48,26 @@ def _killed_then_resumed(tmp_path: Path, kind: str, step: int) -> tuple[Path, in
     return tmp_path, newest_before, resumed.stdout + resumed.stderr, first_session
 
 
-def _second_session_losses(work: Path, first_session: dict[Path, list[tuple[str, str]]]) -> dict[int, str]:
+def _second_session_losses(
+    work: Path, first_session: dict[Path, list[tuple[str, str]]], resumed_from: int
+) -> dict[int, str]:
     """step -> train_loss of the rows the resumed session logged.
 
     The session boundary: the resumed session either continued the killed session's metrics file (the default
     ResumableCSVLogger, one file per experiment) or wrote a file of its own (a logger that makes a new version
-    per run). Either way, the rows the killed session left must still be there, first and unchanged.
+    per run). Either way, the rows the killed session logged before the checkpoint resumed from must still be there,
+    first and unchanged; the ones it logged after it are replaced by the resumed session's (each step once).
     """
     after = _logged_losses(work / "logs")
     assert set(first_session) <= set(after), "the first session's metrics file is gone"
     assert len(after) - len(first_session) in (0, 1), sorted(after)
     losses: dict[int, str] = {}
     for path, rows in after.items():
-        kept = len(first_session.get(path, []))
-        assert rows[:kept] == first_session.get(path, []), f"the first session's rows in {path} changed"
-        for step, loss in rows[kept:]:
+        before = [row for row in first_session.get(path, []) if int(row[0]) < resumed_from]
+        assert rows[: len(before)] == before, f"the first session's rows in {path} changed"
+        trained = [int(step) for step, loss in rows if loss]
+        assert len(trained) == len(set(trained)), f"a step's training row is in {path} twice"
+        for step, loss in rows[len(before) :]:
             if loss:
                 losses[int(step)] = loss
     return losses
@@ -76,7 +81,7 @@ def _assert_exact(
     assert int(match[1]) == resumed_from
     # It really resumed: a silent restart from step 0 (a checkpoint that failed to load) would also end with
     # equal weights, so check that the second session's first logged step is the checkpoint's.
-    second_session = _second_session_losses(work, first_session)
+    second_session = _second_session_losses(work, first_session, resumed_from)
     assert min(second_session) == resumed_from, "the resumed session did not start at the checkpoint's step"
     expected = train_losses(uninterrupted / "logs")
     assert second_session == {s: v for s, v in expected.items() if s >= resumed_from}

@@ -39,7 +39,7 @@ def published(tmp_path_factory):
     work = tmp_path_factory.mktemp("session1")
     with FakeKaggle() as fake:
         killed = run(
-            fit_args(*RESUME_FLAGS, "--config", str(kill_config(work, "KillAfterPublished", 50))),
+            fit_args(*RESUME_FLAGS, "--config", str(kill_config(work, "KillAfterPublished", 50, publish_each=True))),
             work,
             cli_env(work / "home", fake.env(work)),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -33,7 +35,7 @@ def _assert_newest_version_holds_final_checkpoint(tmp_path: Path, fake: FakeKagg
     _ref, _dataset, versions = _only_dataset(fake)
     local = read_manifest(tmp_path / "checkpoints").newest_first()[0]
     newest = versions[-1]
-    assert set(newest.files) == {local.file, "manifest.json"}
+    assert set(newest.files) == {local.file, "manifest.json", "metrics.csv"}
     assert newest.files[local.file] == (tmp_path / "checkpoints" / local.file).read_bytes()
     uploaded = json.loads(newest.files["manifest.json"])
     assert [e["file"] for e in uploaded["checkpoints"]] == [local.file]
@@ -52,7 +54,12 @@ def test_three_epochs_make_one_private_dataset_with_three_versions(tmp_path, fak
     for version, epoch in zip(versions, range(3)):
         checkpoints = [name for name in version.files if name.endswith(".ckpt")]
         assert len(checkpoints) == 1 and checkpoints[0].startswith(f"kaggle_epoch_{epoch}_")
-        assert set(version.files) == {checkpoints[0], "manifest.json"}  # nothing else, ever
+        # The checkpoint, its manifest, and the run's metric history up to it: nothing else, ever.
+        assert set(version.files) == {checkpoints[0], "manifest.json", "metrics.csv"}
+        step = json.loads(version.files["manifest.json"])["checkpoints"][0]["global_step"]
+        history = csv.DictReader(io.StringIO(version.files["metrics.csv"].decode()))
+        steps = {int(row["step"]) for row in history}
+        assert steps == set(range(step)), "the history holds every step logged before the checkpoint's, no later one"
     assert versions[1].notes.startswith("Checkpoint after epoch 1 (step 64, val_loss ")
     _assert_newest_version_holds_final_checkpoint(tmp_path, fake_kaggle)
     sizes = [v.bytes_uploaded for v in versions]

@@ -1,4 +1,5 @@
-"""Test-only callbacks that SIGKILL the training process at an exact point, as a dying Kaggle session would.
+"""Test-only callbacks that SIGKILL the training process at an exact point, as a dying Kaggle session would (and a
+few that shape a session around them: one version per checkpoint, slower steps).
 
 Added to a run with a second config file (see `kill_config`); production code has no hooks for them.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -17,6 +19,7 @@ from pytorch_lightning.callbacks import Callback
 
 from callbacks.checkpoint import KaggleModelCheckpoint, SavedCheckpoint
 from lightning_app.persistence import snapshot
+from lightning_app.persistence.manifest import CheckpointEntry
 
 
 def _die() -> None:
@@ -40,14 +43,35 @@ class KillAfterCheckpoint(Callback):
 
 
 class KillAfterPublished(Callback):
-    """SIGKILL the process once the checkpoint of ``global_step`` is published by `KaggleDatasetSync`."""
+    """SIGKILL the process once the checkpoint of ``global_step`` is published by `KaggleDatasetSync`: at the start of
+    the next batch, the training thread publishes what is saved (`KaggleDatasetSync.flush`), then dies. (Waiting in
+    the checkpoint writer's thread instead would hold the writer that the training thread's flush waits for.)"""
 
     def __init__(self, global_step: int) -> None:
         self.global_step = global_step
         self._sync = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Registered after every setup(): this listener runs after the sync's, which has queued the upload.
+        from callbacks.kaggle_sync import KaggleDatasetSync
+
+        self._sync = next(cb for cb in trainer.callbacks if isinstance(cb, KaggleDatasetSync))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        if trainer.global_step >= self.global_step:
+            assert self._sync.flush(120), "the checkpoint was not published"
+            _die()
+
+
+class KillSessionAfterPublished(Callback):
+    """SIGKILL the whole process group, as the end of a Kaggle session does (a sweep and all its trials), once a
+    checkpoint at or after ``global_step`` and before the run's end is published: in the middle of a trial."""
+
+    def __init__(self, global_step: int) -> None:
+        self.global_step = global_step
+        self._sync = None
+        self._saved: CheckpointEntry | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from callbacks.kaggle_sync import KaggleDatasetSync
 
         self._sync = next(cb for cb in trainer.callbacks if isinstance(cb, KaggleDatasetSync))
@@ -56,9 +80,13 @@ class KillAfterPublished(Callback):
                 callback.add_listener(self._on_saved)
 
     def _on_saved(self, saved: SavedCheckpoint) -> None:
-        if saved.entry.global_step >= self.global_step:
-            assert self._sync.publisher.flush(120), "the checkpoint was not published"
-            _die()
+        self._saved = saved.entry  # the writer's thread: noted only, never waited in
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        saved = self._saved
+        if saved is not None and self.global_step <= saved.global_step < saved.total_steps:
+            assert self._sync.flush(120), "the checkpoint was not published"
+            os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 class KillDuringCheckpointWrite(Callback):
@@ -135,11 +163,25 @@ class KillAtStep(Callback):
             _die()
 
 
-def kill_config(folder: Path, kind: str, global_step: int) -> Path:
-    """A config file that adds one of the callbacks above to ``trainer.callbacks``."""
-    path = folder / f"kill_{kind}_{global_step}.yaml"
-    callback = {"class_path": f"tests.support.kill_switch.{kind}", "init_args": {"global_step": global_step}}
-    path.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback]}}))
+class PublishEachCheckpoint(Callback):
+    """Train on only once every checkpoint written so far is published: one version per checkpoint, instead of a race
+    between training (a tiny model's steps take milliseconds) and uploading (a second per version)."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
+        from callbacks.kaggle_sync import KaggleDatasetSync
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, KaggleDatasetSync):
+                assert callback.flush(120), "a checkpoint was not published"
+
+
+def kill_config(folder: Path, kind: str, global_step: int, publish_each: bool = False) -> Path:
+    """A config file that adds one of the callbacks above to ``trainer.callbacks`` (and `PublishEachCheckpoint`)."""
+    path = folder / f"kill_{kind}_{global_step}{'_each' if publish_each else ''}.yaml"
+    callbacks = [{"class_path": f"tests.support.kill_switch.{kind}", "init_args": {"global_step": global_step}}]
+    if publish_each:
+        callbacks.append({"class_path": "tests.support.kill_switch.PublishEachCheckpoint"})
+    path.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return path
 
 
@@ -152,3 +194,14 @@ class SigtermAtLastBatch(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx) -> None:
         if batch_idx + 1 == trainer.num_training_batches and trainer.global_step + 1 == self.global_step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SlowSteps(Callback):
+    """Make each training step take ``seconds`` longer, as a bigger model's would: a tiny model trains in
+    milliseconds, too fast for a session budget of seconds to end it part-way."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
+        time.sleep(self.seconds)
