@@ -32,6 +32,19 @@ _RESUME_HINT = "Resume with the same command plus --resume (in a new session, wi
 SAME_SIGNAL_SECONDS = 2.0
 
 
+def read_weekly_gpu_quota():
+    """The weekly GPU quota, through the Kaggle client (``persistence/kaggle/quota.py``), imported only when asked."""
+    from lightning_app.persistence.kaggle.quota import read_gpu_quota
+
+    return read_gpu_quota()
+
+
+def find_kaggle_credentials():
+    from lightning_app.persistence.kaggle.credentials import find_credentials
+
+    return find_credentials()
+
+
 class SessionDeadline(Callback):
     """Ends training before the session does, with a published checkpoint; handles SIGTERM and SIGINT alike.
 
@@ -123,7 +136,13 @@ class SessionDeadline(Callback):
             self._consensus.ask(DEADLINE_DUE, self._out_of_time)
         on_gpu = stage == "fit" and self.budget.quota_matters and isinstance(trainer.accelerator, CUDAAccelerator)
         if on_gpu and trainer.is_global_zero:
-            self.budget.consider_gpu_quota()  # rank 0 only: every rank stops when it does
+            self.consider_gpu_quota()  # rank 0 only: every rank stops when it does
+
+    def consider_gpu_quota(self) -> None:
+        """Add the weekly GPU quota left to the budget, read through the Kaggle client (once; see `SessionBudget`)."""
+        from lightning_app.persistence.kaggle.credentials import redact_secrets
+
+        self.budget.consider_gpu_quota(read_weekly_gpu_quota, find_kaggle_credentials, redact_secrets)
 
     def _learn_save_time(self, saved: SavedCheckpoint) -> None:
         self._save_seconds = max(self._save_seconds, saved.seconds + self._checkpoint.last_blocked_seconds)

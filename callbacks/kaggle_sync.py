@@ -22,8 +22,9 @@ from lightning_app.persistence.history import HISTORY_NAME, read_history, rows_b
 from lightning_app.persistence.kaggle.names import check_dataset
 from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.publisher import BackgroundPublisher, Published, PublishJob
-from lightning_app.persistence.store import StoreChoice, StoreError, StoreOptions, make_store
+from lightning_app.persistence.store import StoreError
 from lightning_app.persistence.sync_state import SyncState
+from lightning_app.persistence.sync_target import StoreChoice, StoreOptions, make_store
 
 log = logging.getLogger("lightning_app.sync")
 

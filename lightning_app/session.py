@@ -225,20 +225,6 @@ class Limit:
     text: str
 
 
-def read_weekly_gpu_quota():
-    """The weekly GPU quota, through the Kaggle client (``lightning_app.persistence.kaggle.quota``), imported only
-    when asked: it is the one place that knows the client's versions."""
-    from lightning_app.persistence.kaggle.quota import read_gpu_quota
-
-    return read_gpu_quota()
-
-
-def _find_credentials():
-    from lightning_app.persistence.kaggle.credentials import find_credentials
-
-    return find_credentials()
-
-
 class SessionBudget:
     """How long this run may still train: ``--deadline.budget`` read against the session's facts.
 
@@ -300,30 +286,36 @@ class SessionBudget:
         return min(limit.ends_at for limit in self.limits) - self._monotonic()
 
     def consider_gpu_quota(
-        self, read_quota: Callable[[], object] | None = None, find_credentials: Callable[[], object] | None = None
+        self,
+        read_quota: Callable[[], object],
+        find_credentials: Callable[[], object],
+        redact: Callable[[str], str] = lambda text: text,
     ) -> None:
-        """Also end before the weekly GPU quota does: for a run on a Kaggle notebook's GPU, asked by rank 0 only.
+        """Also end before the weekly GPU quota does: for a run on a Kaggle notebook's GPU, asked by rank 0 only
+        (once; later calls do nothing).
 
         Asked only where it matters (`quota_matters`) and with Kaggle credentials. A quota the client cannot read
         (``QuotaUnavailable``, a store error, anything else) is noted in `describe` ("GPU quota not checked: why")
         and never stops training.
 
         Args:
-            read_quota: returns a ``GpuQuota`` (``left_seconds``, ``source``); default `read_weekly_gpu_quota`.
-            find_credentials: returns the Kaggle credentials or None; default ``persistence.kaggle.credentials``'.
+            read_quota: returns a ``GpuQuota`` (``left_seconds``, ``source``): the Kaggle client's, passed in by the
+                caller (this module knows no client).
+            find_credentials: returns the Kaggle credentials or None.
+            redact: removes any credential from an error's text before it is shown.
         """
         if not self.quota_matters or self._quota_asked:
             return
         self._quota_asked = True
-        if (find_credentials or _find_credentials)() is None:
+        if find_credentials() is None:
             self.quota_note = "GPU quota not checked: no Kaggle credentials"
             return
         try:
-            quota = (read_quota or read_weekly_gpu_quota)()
+            quota = read_quota()
             left = float(quota.left_seconds)
             source = str(quota.source)
         except Exception as error:  # noqa: BLE001 - QuotaUnavailable, a StoreError, a bug: never stops training
-            self.quota_note = f"GPU quota not checked: {_reason(error)}"
+            self.quota_note = f"GPU quota not checked: {_reason(error, redact)}"
             return
         self._add(self._proc.wall_clock() + left - KAGGLE_MARGIN_SECONDS, f"GPU quota {_span(left)}, {source}")
 
@@ -357,9 +349,7 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
-def _reason(error: BaseException) -> str:
+def _reason(error: BaseException, redact: Callable[[str], str]) -> str:
     """An exception as a short phrase for one log line, with no credential in it."""
-    from lightning_app.persistence.kaggle.credentials import redact_secrets
-
     text = (str(error).strip().splitlines() or [""])[0] or type(error).__name__
-    return redact_secrets(text)[:200]
+    return redact(text)[:200]

@@ -12,6 +12,7 @@ import pytest
 import lightning_app
 from lightning_app import session
 from lightning_app.errors import ConfigError
+from lightning_app.persistence.kaggle.credentials import redact_secrets
 from lightning_app.persistence.store import TransientError
 from lightning_app.session import (
     KAGGLE_MARGIN_SECONDS,
@@ -328,7 +329,8 @@ def test_a_quota_that_cannot_be_read_is_said_and_never_stops_training(fake_proc,
 def test_a_key_in_a_quota_error_is_never_said(fake_proc, clock, monkeypatch):
     monkeypatch.setenv("KAGGLE_KEY", "0123456789abcdef0123456789abcdef")
     budget = _budget("auto", KAGGLE, fake_proc(container_age=HOUR, process_age=60), clock)
-    budget.consider_gpu_quota(Reader(TransientError("401 for key 0123456789abcdef0123456789abcdef")), _credentials)
+    error = TransientError("401 for key 0123456789abcdef0123456789abcdef")
+    budget.consider_gpu_quota(Reader(error), _credentials, redact_secrets)  # the deadline passes this redaction
     assert "0123456789abcdef" not in budget.describe()
     assert "GPU quota not checked: 401 for key ***" in budget.describe()
 

@@ -20,7 +20,7 @@ from lightning_app.persistence.restore import (
     newest_first,
     run_label,
 )
-from lightning_app.persistence.store import StoreOptions, make_store
+from lightning_app.persistence.sync_target import StoreOptions, make_store
 
 
 def _when(timestamp: str) -> str:

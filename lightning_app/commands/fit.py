@@ -41,7 +41,7 @@ from lightning_app.module import LanguageModel
 from lightning_app.persistence.folder import Candidate, read_manifest
 from lightning_app.persistence.history import HISTORY_NAME, restore_history
 from lightning_app.persistence.restore import RestoreOptions, resolve_resume
-from lightning_app.persistence.store import make_store
+from lightning_app.persistence.sync_target import make_store
 from lightning_app.precision import resolve_precision
 
 log = logging.getLogger("lightning_app")
@@ -185,7 +185,7 @@ class TrainingCLI(LightningCLI):
         if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
             deadline = next((cb for cb in self.trainer.callbacks if isinstance(cb, SessionDeadline)), None)
             if deadline is not None and isinstance(self.trainer.accelerator, CUDAAccelerator):
-                deadline.budget.consider_gpu_quota()  # asked once, here, so that the start line can say it
+                deadline.consider_gpu_quota()  # asked once, here, so that the start line can say it
             log.info(start_line(self.trainer, self.experiment, datamodule, self.resume_path))
         path = ckpt_path if ckpt_path is not None else self.resume_path
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=path, **kwargs)

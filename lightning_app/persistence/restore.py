@@ -52,10 +52,10 @@ from lightning_app.persistence.store import (
     CheckpointStore,
     NoSpaceError,
     NotFoundError,
-    StoreChoice,
     StoreError,
     VersionContents,
 )
+from lightning_app.persistence.sync_target import StoreChoice
 from lightning_app.session import kaggle_input_dir
 
 log = logging.getLogger("lightning_app.restore")

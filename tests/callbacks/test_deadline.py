@@ -11,6 +11,7 @@ import pytest
 import torch
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 
+from callbacks import deadline as deadline_module
 from callbacks.deadline import DEADLINE_DUE, SessionDeadline
 from callbacks.step_consensus import StepConsensus
 from lightning_app import session
@@ -37,8 +38,8 @@ def quota(monkeypatch) -> Reader:
     reader = Reader(Quota(used_seconds=27 * HOUR, allowed_seconds=30 * HOUR))
     monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
     monkeypatch.delenv(session.SESSION_START_VARIABLE, raising=False)
-    monkeypatch.setattr(session, "read_weekly_gpu_quota", reader)
-    monkeypatch.setattr(session, "_find_credentials", lambda: object())
+    monkeypatch.setattr(deadline_module, "read_weekly_gpu_quota", reader)
+    monkeypatch.setattr(deadline_module, "find_kaggle_credentials", lambda: object())
     return reader
 
 
@@ -93,7 +94,7 @@ def test_the_budget_is_the_start_lines_and_enough_time_left_adds_no_line(quota, 
 
 
 def test_too_little_left_is_a_warning_with_the_budget(quota, caplog, monkeypatch):
-    monkeypatch.setattr(session, "read_weekly_gpu_quota", Reader(Quota(30 * HOUR - 60, 30 * HOUR)))
+    monkeypatch.setattr(deadline_module, "read_weekly_gpu_quota", Reader(Quota(30 * HOUR - 60, 30 * HOUR)))
     deadline = SessionDeadline(budget="05:00:00", handle_signals=False)
     trainer = _trainer()
     deadline.setup(trainer, None, "fit")

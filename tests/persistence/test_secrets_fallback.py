@@ -12,7 +12,8 @@ import pytest
 from lightning_app.experiment import experiment_name
 from lightning_app.persistence.kaggle.credentials import secrets_fallback
 from lightning_app.persistence.kaggle.store import KaggleDatasetStore, login_username
-from lightning_app.persistence.store import AuthError, RefusedError, StoreOptions, make_store
+from lightning_app.persistence.store import AuthError, RefusedError
+from lightning_app.persistence.sync_target import StoreOptions, make_store
 
 REF = "fake-user/lm-checkpoints"
 SESSION_TOKEN = "KGAT_session_" + "0" * 24
