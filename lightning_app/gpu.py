@@ -58,26 +58,35 @@ class Gpu:
         return f"sm_{self.capability[0]}{self.capability[1]}"
 
 
-def first_gpu() -> Gpu | None:
-    """The first GPU ``nvidia-smi`` lists (in a child process); None without ``nvidia-smi`` or a readable answer.
+def nvidia_smi(*fields: str) -> list[list[str]] | None:
+    """``nvidia-smi --query-gpu=<fields>``, in a child process: one row per GPU it lists (every GPU, whatever
+    ``CUDA_VISIBLE_DEVICES`` says), each the fields' values; None without ``nvidia-smi`` or an answer.
 
-    Not `torch.cuda.get_device_properties()`: it initialises CUDA in this process (see the module's docstring).
-    ``nvidia-smi`` lists every GPU, whatever ``CUDA_VISIBLE_DEVICES`` says; Kaggle's machines hold one model only.
+    Not torch: asking torch initialises CUDA in this process (see the module's docstring).
     """
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        lines = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=20,
             check=True,
-        ).stdout.splitlines()
-        name, capability = lines[0].rsplit(",", 1)
-        major, minor = capability.strip().split(".")
-        return Gpu(name.strip(), (int(major), int(minor)))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [[value.strip() for value in line.rsplit(",", len(fields) - 1)] for line in out.splitlines() if line.strip()]
+
+
+def first_gpu() -> Gpu | None:
+    """The first GPU ``nvidia-smi`` lists; None without ``nvidia-smi`` or a readable answer (Kaggle's machines hold
+    one model only)."""
+    try:
+        name, capability = (nvidia_smi("name", "compute_cap") or [])[0]
+        major, minor = capability.split(".")
+        return Gpu(name, (int(major), int(minor)))
+    except (ValueError, IndexError):
         return None
 
 

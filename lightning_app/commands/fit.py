@@ -12,13 +12,14 @@ start line says what runs where, and training begins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -258,18 +259,14 @@ def one_line(error: BaseException) -> str | None:
     return re.sub(r'^Parser key "([^"]+)":', r"--\1:", " ".join(lines[:2]))
 
 
-def run_trainer_command(argv: list[str]) -> None:
-    """``fit``/``validate``/``test`` with ``argv`` (aliases expanded, the default config added); a mistake in the
-    command line or config is raised as one `ConfigError`."""
-    argv = with_default_config(expand_aliases(argv))
-    # Lightning's `ddp` launcher re-runs this command from sys.argv: give it the expanded one (and give a
-    # notebook kernel its own back afterwards).
+@contextlib.contextmanager
+def fit_command_line(argv: list[str]) -> Iterator[None]:
+    """While a `TrainingCLI` runs: ``sys.argv`` is ``argv`` (Lightning's `ddp` launcher re-runs the command from
+    it; a notebook kernel gets its own back afterwards), and a mistake in the command line or config is raised as
+    one `ConfigError` (a real bug as itself)."""
     saved_argv, sys.argv = sys.argv, [sys.argv[0], *argv]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    quiet_third_parties()
-    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     try:
-        make_cli()
+        yield
     except Exception as error:
         message = one_line(error)
         if message is None:
@@ -277,3 +274,14 @@ def run_trainer_command(argv: list[str]) -> None:
         raise ConfigError(message) from None
     finally:
         sys.argv = saved_argv
+
+
+def run_trainer_command(argv: list[str]) -> None:
+    """``fit``/``validate``/``test`` with ``argv`` (aliases expanded, the default config added); a mistake in the
+    command line or config is raised as one `ConfigError`."""
+    argv = with_default_config(expand_aliases(argv))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_third_parties()
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    with fit_command_line(argv):
+        make_cli()

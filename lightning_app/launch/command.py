@@ -19,7 +19,6 @@ import glob
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -204,13 +203,12 @@ def _parse_fit(args: list[str]):
     """The ``fit`` command parsed and its model and data made, as ``fit`` makes them, without a Trainer."""
     import logging
 
-    from lightning_app.commands.fit import one_line
+    from lightning_app.commands.fit import fit_command_line
     from lightning_app.module import LanguageModel
 
     planning_cli = _planning_cli_class()
     logging.getLogger("lightning_fabric.utilities.seed").setLevel(logging.WARNING)
-    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it is given args and sys.argv has some
-    try:
+    with fit_command_line([]):  # LightningCLI warns when it is given args and sys.argv has some
         return planning_cli(
             LanguageModel,
             __import__("pytorch_lightning").LightningDataModule,
@@ -219,13 +217,6 @@ def _parse_fit(args: list[str]):
             parser_kwargs={"exit_on_error": False},
             args=args,
         )
-    except Exception as error:
-        message = one_line(error)
-        if message is None:
-            raise
-        raise ConfigError(message) from None
-    finally:
-        sys.argv = saved_argv
 
 
 def _planning_cli_class():

@@ -22,7 +22,6 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lightning_app.errors import bad_value
-from lightning_app.gpu import will_use_gpu
+from lightning_app.gpu import nvidia_smi, will_use_gpu
 
 if TYPE_CHECKING:  # the plan imports torch and Lightning; running processes needs neither
     from lightning_app.sweep.plan import Trial
@@ -99,18 +98,7 @@ def visible_gpus(env: Mapping[str, str] | None = None) -> list[str]:
         ids = [x.strip() for x in listed.split(",") if x.strip()]
         if not ids or ids[0] == "-1":
             return []
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        lines = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return []
+    lines = [row[0] for row in nvidia_smi("index") or []]
     return ids[: len(lines)] if listed is not None else lines
 
 
