@@ -132,6 +132,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
         self._last_save_time = time.monotonic()
         self._save_requested = False
         self._end_of_epoch = False
+        self._written_at = 0.0  # the checkpoint being saved's `CheckpointEntry.written_at`, also kept in its state
         #: Decisions every rank takes at the same step; `SessionDeadline` asks its questions here too.
         self.consensus = StepConsensus()
         self.run_id = ""
@@ -150,7 +151,12 @@ class KaggleModelCheckpoint(ModelCheckpoint):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "run_id": self.run_id, "training": self.training}
+        return {
+            **super().state_dict(),
+            "run_id": self.run_id,
+            "training": self.training,
+            "written_at": self._written_at,
+        }
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -284,6 +290,7 @@ class KaggleModelCheckpoint(ModelCheckpoint):
             training=self.training,
             settings=self.settings,
         )
+        self._written_at = entry.written_at  # in the file too, for an entry rebuilt from it (`entry_from_file`)
         with self._lock:
             self._being_written[str(filepath)] = entry
         self._last_save_time = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +21,7 @@ def new_entry(trainer: pl.Trainer, name: str, **fields: Any) -> CheckpointEntry:
         epoch=trainer.current_epoch,
         global_step=trainer.global_step,
         timestamp=CheckpointFolder.timestamp_of(name),
+        written_at=round(time.time(), 6),
         total_steps=int(getattr(trainer.lightning_module, "total_steps", 0) or 0),
         metrics=plain_metrics(trainer.callback_metrics),
         **fields,

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from collections import deque
-from datetime import datetime, timezone
 from pathlib import Path
 
 from lightning_app.launch.chain import ChainState, ChainStore, SessionRecord, StopRequest
@@ -379,8 +378,8 @@ class KernelSession:
             except (OSError, ValueError):
                 continue
             for entry in manifest.entries.values():
-                written = _timestamp_epoch(entry.timestamp)
-                if written is not None and written >= self.start.epoch - 1 and (first is None or written < first):
+                written = entry.written
+                if written >= self.start.epoch - 1 and (first is None or written < first):
                     first = written
         return DEFAULT_MINIMUM_SECONDS if first is None else max(1.0, first - self.start.epoch)
 
@@ -493,14 +492,6 @@ def unrecorded_ending(status: str, message: str, started: bool) -> str:
     start, so it had credentials: the platform ended it)."""
     told = f"{status}: {message}" if message else status
     return f"ended before recording its end (Kaggle: {told})" if started else f"ended without a record (Kaggle: {told})"
-
-
-def _timestamp_epoch(stamp: str) -> float | None:
-    """A manifest timestamp (``20261126-031500``, UTC) in epoch seconds."""
-    try:
-        return datetime.strptime(stamp[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
 
 
 def _version(record: SessionRecord) -> int:

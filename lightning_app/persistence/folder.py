@@ -86,11 +86,15 @@ def entry_from_file(path: Path) -> CheckpointEntry | None:
         step = int(ckpt.get("global_step", -1))
         hparams = ckpt.get("hyper_parameters", {})
         settings = {k: hparams[k] for k in ("pe_type", "model_size", "vocab_size") if k in hparams}
-        run_id = str(ckpt.get("callbacks", {}).get(RUN_STATE_KEY, {}).get("run_id", ""))
+        run_state = ckpt.get("callbacks", {}).get(RUN_STATE_KEY, {})
+        run_id, written_at = str(run_state.get("run_id", "")), float(run_state.get("written_at", 0.0))
     except Exception as error:  # noqa: BLE001 - an unreadable file is not a candidate
         log.warning(f"Skipping {path}: it does not load ({type(error).__name__}: {error})")
         return None
-    return CheckpointEntry(path.name, epoch, step, timestamp, path.stat().st_size, run_id=run_id, settings=settings)
+    size = path.stat().st_size
+    return CheckpointEntry(
+        path.name, epoch, step, timestamp, size, run_id=run_id, settings=settings, written_at=written_at
+    )
 
 
 @dataclass
@@ -120,7 +124,7 @@ class Candidate:
     problem: str = ""
     read_history: object = None
     history: str | None = None
-    order_key: tuple[str, int, str] = field(init=False)  # see `CheckpointEntry.order_key`
+    order_key: tuple[float, int, str] = field(init=False)  # see `CheckpointEntry.order_key`
 
     def __post_init__(self) -> None:
         self.order_key = self.entry.order_key

@@ -4,7 +4,7 @@ The manifest sits beside the checkpoints (``folder.py`` reads and writes it, ato
 
     {"format": 1,
      "checkpoints": [{"file": "kaggle_epoch_2_20261126-031500.ckpt", "epoch": 2, "global_step": 96,
-                      "timestamp": "20261126-031500", "size": 1234, "sha256": "...",
+                      "timestamp": "20261126-031500", "written_at": 1795662900.412, "size": 1234, "sha256": "...",
                       "run_id": "3f2a9c01d4e5", "metrics": {"val_loss": 1.39},
                       "settings": {"pe_type": "rope", ...}}],
      "retired": ["kaggle_epoch_0_20261126-011500.ckpt"]}
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
 FORMAT = 1
 
@@ -38,17 +39,32 @@ class CheckpointEntry:
     metrics: dict[str, float] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
     total_steps: int = 0  # the step the run's schedule ends at: the run is finished there (0: not known)
+    written_at: float = 0.0  # when it was saved (UTC epoch seconds); 0: before entries had it, the name's second
 
     @property
-    def order_key(self) -> tuple[str, int, str]:
-        """Newest is the most recently written, to the second (a run resumed from an older checkpoint goes on from
-        there), then the higher step; the timestamp's ``-NN`` suffix and the file name break exact ties."""
-        return (self.timestamp[:15], self.global_step, self.timestamp + "|" + self.file)
+    def written(self) -> float:
+        """When it was saved, UTC epoch seconds: ``written_at``, else its name's second (0.0 when unreadable)."""
+        return self.written_at or stamp_seconds(self.timestamp)
+
+    @property
+    def order_key(self) -> tuple[float, int, str]:
+        """Newest is the most recently written (a run resumed from an older checkpoint goes on from there), then
+        the higher step; the timestamp's ``-NN`` suffix and the file name break exact ties."""
+        return (self.written, self.global_step, self.timestamp + "|" + self.file)
 
     @classmethod
     def from_dict(cls, data: dict) -> CheckpointEntry:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**known)
+
+
+def stamp_seconds(timestamp: str) -> float:
+    """A checkpoint name's timestamp (``20261126-031500``, maybe with a ``-NN`` suffix) as UTC epoch seconds; 0.0
+    when it is not one."""
+    try:
+        return datetime.strptime(timestamp[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return 0.0
 
 
 class Manifest:

@@ -53,6 +53,19 @@ def test_newest_first_of_one_run_leaves_the_others_out():
     assert [e.file for e in manifest.newest_first()] == ["c.ckpt", "b.ckpt", "a.ckpt"]
 
 
+def test_within_one_second_the_checkpoint_written_later_is_newer_whatever_its_step():
+    """Two runs that each checkpoint in the same second (a test's back-to-back runs): ``written_at`` decides, not
+    the higher step; an entry from before ``written_at`` counts from its name's second."""
+    second = "20261202-110000"
+    longer = CheckpointEntry("kaggle_epoch_0_20261202-110000.ckpt", 0, 20, second, written_at=1796209200.25)
+    recent = CheckpointEntry("kaggle_epoch_0_20261202-110000-01.ckpt", 0, 10, second, written_at=1796209200.75)
+    older_format = CheckpointEntry("kaggle_epoch_0_20261202-105959.ckpt", 0, 30, "20261202-105959")
+    assert older_format.written == recent.written - 0.75 - 1  # 11:00:00 UTC on 2026-12-02 is 1796209200
+    newest = Manifest([longer, recent, older_format]).newest_first()
+    assert [e.global_step for e in newest] == [10, 20, 30]
+    assert CheckpointEntry("x.ckpt", 0, 1, "not-a-stamp").written == 0.0
+
+
 def test_resume_takes_the_run_checkpointed_most_recently_not_the_highest_step(tmp_path, caplog):
     make_checkpoint(tmp_path / "work", 96, "20261202-100000", "long")
     make_checkpoint(tmp_path / "work", 10, "20261202-110000", "recent")

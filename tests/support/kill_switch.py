@@ -153,13 +153,16 @@ class KillDuringStaging(Callback):
 
 
 class KillAtStep(Callback):
-    """SIGKILL the process when training reaches ``global_step`` (between checkpoints)."""
+    """SIGKILL the process when training reaches ``global_step``, between checkpoints: the checkpoint before it
+    is complete (the background writer is waited for, so a loaded machine cannot turn this into a kill during a
+    write, which `KillDuringCheckpointWrite` tests)."""
 
     def __init__(self, global_step: int) -> None:
         self.global_step = global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args) -> None:
         if trainer.global_step >= self.global_step:
+            trainer.checkpoint_callback.wait_for_writes()
             _die()
 
 
