@@ -17,6 +17,7 @@ Usage::
 
     python -m benchmarks.micro_batches                 # tiny and small on CPU; small and base on a GPU
     python -m benchmarks.micro_batches --quick         # seconds: checks that it runs
+    python -m benchmarks.micro_batches --sizes small --batch 32 --steps 10   # the default config's global batch
 """
 
 from __future__ import annotations
@@ -116,13 +117,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = make_parser(__doc__.split("\n", 1)[0])
     parser.add_argument("--repeats", type=int, help="alternated runs of each arm (default 3; 1 with --quick)")
     parser.add_argument("--sizes", nargs="+", help="model sizes to run (default: tiny small on CPU, small base on GPU)")
+    parser.add_argument("--batch", type=int, help="global batch (sequences per step, even) instead of each size's")
+    parser.add_argument("--steps", type=int, help="timed steps instead of each size's")
     args = parse(parser, argv)
+    if args.batch is not None and (args.batch < 2 or args.batch % 2):
+        parser.error(f"--batch: got {args.batch}; expected an even number >= 2 (it is split into 2 micro-batches)")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps: got {args.steps}; expected a number of steps >= 1")
     repeats = args.repeats or (1 if args.quick else 3)
     # The throughput benchmark's settings (an even global batch), without step checkpoints.
     settings = [replace(s, every_n_steps=None) for s in SETTINGS[(args.device, args.quick)]]
     if args.sizes:
         known = {s.size: s for s in SETTINGS[(args.device, not args.quick)] + settings}
         settings = [replace(known.get(size) or settings[0], size=size, every_n_steps=None) for size in args.sizes]
+    if args.batch:
+        settings = [replace(s, batch_size=args.batch) for s in settings]
+    if args.steps:
+        settings = [replace(s, steps=args.steps) for s in settings]
     if args.device == "cpu" and not args.threads:
         settings = [replace(s, threads=n) for s in settings for n in dict.fromkeys([1, os.cpu_count() or 1])]
     rows = []

@@ -21,6 +21,16 @@ from lightning_app.rng import RandomStreams
 
 MODEL = {"pe_type": "rope", "model_size": "tiny", "vocab_size": 16, "d_model": 32, "n_layers": 1, "dropout": 0.2}
 DATA = {"vocab_size": 16, "seq_len": 16, "batch_size": 4, "num_train_sequences": 64, "num_val_sequences": 8}
+#: A Trainer with nothing but training: no logger, checkpoints, progress bar, summary or validation.
+BARE_TRAINER = dict(
+    logger=False,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+    limit_val_batches=0,
+    use_distributed_sampler=False,
+)
 
 
 class Capture(Callback):
@@ -71,13 +81,7 @@ def test_one_device_hands_the_optimizer_ddps_gradient_for_two_ranks(accumulate):
         devices=1,
         max_steps=1,
         accumulate_grad_batches=accumulate,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
+        **BARE_TRAINER,
         callbacks=[capture],
     )
     trainer.fit(LanguageModel(**MODEL), datamodule=SyntheticDataModule(**DATA))  # 2 canonical ranks by default
@@ -108,13 +112,7 @@ def _fit_tiny(callback: Callback, batch_size: int, ckpt_path: str | None = None)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        use_distributed_sampler=False,
+        **BARE_TRAINER,
         callbacks=[callback],
     )
     data = SyntheticDataModule(**{**DATA, "num_train_sequences": 48, "batch_size": batch_size})

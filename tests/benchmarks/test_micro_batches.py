@@ -22,3 +22,18 @@ def test_micro_batches_quick(capsys):
     assert row["model"] == "tiny" and row["global batch x seq"] == "8x32"
     assert float(row["one forward tok/s"].replace(",", "")) > 0 < float(row["2 micro-batches tok/s"].replace(",", ""))
     assert re.fullmatch(r"\d+\.\d{3} \(\d+\.\d{3}-\d+\.\d{3}\)", row["2 micro-batches / one forward (range)"])
+
+
+def test_a_global_batch_and_steps_of_ones_own(capsys):
+    micro_batches.main(["--quick", "--device", "cpu", "--threads", "1", "--batch", "4", "--steps", "2"])
+    header, *rows = _table(capsys.readouterr().out)
+    (row,) = [dict(zip(header, r)) for r in rows]
+    assert row["global batch x seq"] == "4x32" and row["timed steps (+warm-up)"] == "2 (+2)"
+
+
+@pytest.mark.parametrize("flag, value", [("--batch", "3"), ("--batch", "0"), ("--steps", "0")])
+def test_a_batch_that_cannot_be_split_in_two_or_no_steps_is_one_line(capsys, flag, value):
+    with pytest.raises(SystemExit) as exited:
+        micro_batches.main(["--quick", "--device", "cpu", flag, value])
+    assert exited.value.code == 2
+    assert f"{flag}: got {value}" in capsys.readouterr().err

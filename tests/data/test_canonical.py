@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 from pytorch_lightning.accelerators import CPUAccelerator
-from torch.utils.data import Dataset
 
 from lightning_app.data import ResumableDataLoader, ResumableSampler, SyntheticDataModule
 from lightning_app.data.canonical import (
@@ -23,20 +22,7 @@ from lightning_app.data.canonical import (
     saved_layout,
 )
 from lightning_app.errors import ConfigError
-
-
-class Indices(Dataset):
-    """Sample ``i`` is ``i``."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(i)
-
+from tests.support.indices import Indices
 
 # -- the layout's arithmetic ------------------------------------------------------------------------------------
 

@@ -7,23 +7,10 @@ import io
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lightning_app.data import ResumableDataLoader, ResumableSampler
-
-
-class Indices(Dataset):
-    """Sample ``i`` is ``i``: a batch shows exactly which indices the sampler produced."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(i)
+from tests.support.indices import Indices
 
 
 def test_order_is_a_pure_function_of_seed_and_epoch():
