@@ -232,7 +232,11 @@ class BackgroundPublisher:
                 ),
             )
         except (AuthError, RefusedError) as error:  # trying again cannot help: stop, with one warning
-            self.disabled = f"credentials refused ({error})" if isinstance(error, AuthError) else str(error)
+            with self._cond:  # a job queued meanwhile would only be refused again: it goes too
+                self.disabled = f"credentials refused ({error})" if isinstance(error, AuthError) else str(error)
+                dropped, self._queued = self._queued, None
+            if dropped is not None:
+                CheckpointFolder.discard_staged(dropped.folder)
             log.warning(f"Checkpoint sync stopped: {self.disabled}. Checkpoints stay local only.")
             return False
         except ProcessingFailedError as error:  # uploading the same files again would fail again
