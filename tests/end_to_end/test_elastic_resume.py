@@ -98,10 +98,14 @@ def _assert_resumed_exactly(work: Path, output: str, step: int, first_session: t
     assert resumed_step(output) == step
     new = [e for e in read_manifest(work / "checkpoints").entries.values() if e.file not in first_files]
     assert new and all(e.global_step > step for e in new), "the resumed run saved at or before its start"
-    # The resumed session appends to the killed session's metrics file: its rows start where the file stood.
+    # The resumed session continues the killed session's metrics file from the checkpoint's step: the rows
+    # before it stay; a row the killed session logged after its checkpoint (training went on while the checkpoint
+    # was written) is replaced by the resumed session's.
     rows = _rows(work / "logs")
-    assert rows[: len(first_rows)] == first_rows
-    second_session = dict(rows[len(first_rows) :])
+    before = [row for row in first_rows if row[0] < step]
+    assert rows[: len(before)] == before
+    assert len({s for s, _ in rows}) == len(rows), "a step's row is in the metrics file twice"
+    second_session = dict(rows[len(before) :])
     assert min(second_session) == step, "the resumed session did not start at the checkpoint's step"
     assert second_session == {s: v for s, v in train_losses(reference / "logs").items() if s >= step}
     assert_same_training_state(
