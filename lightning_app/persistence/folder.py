@@ -110,8 +110,8 @@ class Candidate:
         origin: where it came from, for the log, when its path does not say (``kaggle:o/s version 7``).
         fetch: for a remote candidate, downloads it to ``path`` (once; `verify` calls it).
         problem: why it did not verify.
-        read_history: for a remote candidate whose version holds the run's metric history, returns its text.
-        history: the metric history published with it, once ``--resume`` has chosen it (None: none was).
+        history: the metric history published with it (None: none was); a remote candidate's is read with its
+            version's manifest, the others' once ``--resume`` has chosen one.
     """
 
     source: str
@@ -122,7 +122,6 @@ class Candidate:
     origin: str = ""
     fetch: object = None
     problem: str = ""
-    read_history: object = None
     history: str | None = None
     order_key: tuple[float, int, str] = field(init=False)  # see `CheckpointEntry.order_key`
 

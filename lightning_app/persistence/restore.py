@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import os
 import shutil
@@ -226,7 +225,7 @@ class _Dataset:
             self._left -= 1
             version = self._next
             try:
-                listing = self._call(lambda v=version: self.store.read_version(v, texts=(MANIFEST_NAME,)))
+                listing = self._call(lambda v=version: self.store.read_version(v, texts=(MANIFEST_NAME, HISTORY_NAME)))
             except NotFoundError as error:
                 if version is None:
                     self.look.missing = True
@@ -254,6 +253,9 @@ class _Dataset:
         text = listing.texts.get(MANIFEST_NAME)
         manifest = Manifest.from_json(text) if text else Manifest()
         origin = f"{self.store.description} (version {listing.number})"
+        history = listing.texts.get(HISTORY_NAME)
+        if history is None and HISTORY_NAME in names:
+            log.warning(f"The metric history in {origin} is too large to read with the manifest: not restored")
         found = []
         for name in sorted(n for n in names if parse_checkpoint_name(n)):
             entry = manifest.entries.get(name)
@@ -267,19 +269,9 @@ class _Dataset:
             path = self.download_dir / f"v{listing.number}" / name
             candidate = Candidate("remote", path, entry, in_manifest, origin=origin)
             candidate.fetch = self._fetcher(name, path, listing.number, entry.size)
-            if HISTORY_NAME in names:
-                candidate.read_history = functools.partial(self._read_history, listing.number)
+            candidate.history = history
             found.append(candidate)
         return found
-
-    def _read_history(self, version: int) -> str | None:
-        """The metric history ``version`` holds; None (and one warning) when it cannot be read in time."""
-        try:
-            read = self._call(lambda: self.store.read_version(version, texts=(HISTORY_NAME,)))
-        except StoreError as error:
-            log.warning(f"The metric history of {self.store.description} version {version} could not be read ({error})")
-            return None
-        return read.texts.get(HISTORY_NAME)
 
     def _fetcher(self, name: str, path: Path, version: int, size: int) -> Callable[[], None]:
         def fetch() -> None:
@@ -398,10 +390,8 @@ def history_beside(candidate: Candidate) -> str | None:
     """The run's metric history published with ``candidate``: the ``metrics.csv`` of its dataset version, or the
     one beside it (an attached version, a downloaded one); None when there is none (a checkpoint of the local
     folder: its run's log folder holds the history)."""
-    if candidate.read_history is not None:
-        return candidate.read_history()
     if candidate.source == "remote":
-        return None
+        return candidate.history  # read with its version's manifest
     return read_history(candidate.path.parent / HISTORY_NAME)
 
 
