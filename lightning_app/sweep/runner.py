@@ -8,6 +8,7 @@ report when trials finished, and returns the exit status (see `lightning_app.com
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from lightning_app.durations import parse_duration
 from lightning_app.errors import ConfigError
+from lightning_app.persistence.restore import RestoreOptions
 from lightning_app.persistence.retry import retry_call
 from lightning_app.persistence.store import CheckpointStore, StoreError
 from lightning_app.session import SessionBudget, process_start, session_start, session_start_environment
@@ -24,7 +26,7 @@ from lightning_app.sweep import report, table
 from lightning_app.sweep.grid import refuse_options, split_sweep_args, sweep_options, take_sweep_sections
 from lightning_app.sweep.plan import SweepPlan, Trial, make_plan
 from lightning_app.sweep.scheduler import ASSUMED_UPLOAD_RATE, Devices, Outcome, Scheduler, plan_devices
-from lightning_app.sweep.state import TrialState, read_states
+from lightning_app.sweep.state import TrialState, attached_folders, read_states
 
 log = logging.getLogger("lightning_app.sweep")
 
@@ -139,15 +141,15 @@ class SweepRunner:
 
     # -- the session -----------------------------------------------------------------------------------------
 
-    def read_states(self, trials: list[Trial]) -> dict[str, TrialState]:
-        restore = self.plan.restore
-        inputs = Path(restore["input_dir"]) if restore.get("input_dir") else None
-        from lightning_app.session import kaggle_input_dir
+    @functools.cached_property
+    def restore(self) -> RestoreOptions:
+        """The trials' ``--restore.*``: where attached datasets are, how long a dataset is read for."""
+        return RestoreOptions(**self.plan.restore)
 
-        inputs = inputs or kaggle_input_dir()
-        timeout = parse_duration("--restore.timeout", restore.get("timeout", "00:05:00")).total_seconds()
+    def read_states(self, trials: list[Trial]) -> dict[str, TrialState]:
+        inputs = self.restore.inputs
         jobs = {t.name: (self.plan.folder(t), inputs, t.name, self.stores[t.name]) for t in trials}
-        return read_states(jobs, timeout)
+        return read_states(jobs, self.restore.timeout_seconds)
 
     def rows(self, states: dict[str, TrialState], outcomes: dict[str, Outcome] | None = None) -> list[table.Row]:
         rows = []
@@ -179,9 +181,18 @@ class SweepRunner:
         if plan.options.report:
             return self._report(states, always=True)
         pending = [t for t in plan.trials if t.name not in finished_before]
-        outcomes: dict[str, Outcome] = {}
+        # A trial whose dataset could not be read, with nothing here to go on from, waits for a later session: its
+        # `fit --resume` would refuse to start (exit 2), and a fresh start would publish over its run.
+        blocked = {t.name: states[t.name] for t in pending if states[t.name].unreadable and not states[t.name].sources}
+        outcomes: dict[str, Outcome] = {
+            name: Outcome(
+                "skipped", line=f"its dataset could not be read ({state.unreadable}); run the sweep again later"
+            )
+            for name, state in blocked.items()
+        }
+        pending = [t for t in pending if t.name not in blocked]
         if pending:
-            outcomes = self._schedule(pending)
+            outcomes.update(self._schedule(pending))
             ran = [t for t in plan.trials if t.name in outcomes and outcomes[t.name].kind != "skipped"]
             states.update(self.read_states(ran))
         log.info(f"Sweep {plan.name} at the end of this session:")
@@ -218,6 +229,13 @@ class SweepRunner:
             log.info(f"{said}: shared by the trials")
         return scheduler.run(pending)
 
+    def _attached(self, trial: Trial) -> Path:
+        """Where the trial's own dataset is attached (a folder that does not exist when it is not): its `--resume`
+        looks there only, so that another trial's checkpoint of the same architecture (a grid over `model.lr`) is
+        never taken for its own."""
+        inputs = self.restore.inputs
+        return next(iter(attached_folders(inputs, trial.name)), inputs / trial.name)
+
     def _command(self, trial: Trial) -> list[str]:
         return [
             sys.executable,
@@ -231,6 +249,7 @@ class SweepRunner:
             *trial.args,
             f"--name={trial.name}",
             f"--checkpoint.dirpath={self.plan.folder(trial)}",
+            f"--restore.input_dir={self._attached(trial)}",
             *self.publishing.fit_args(trial),
             *self.devices.fit_args(),
             "--resume",

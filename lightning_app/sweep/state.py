@@ -67,11 +67,17 @@ def _newest(entries: list[CheckpointEntry]) -> CheckpointEntry | None:
     return max(entries, key=lambda e: e.order_key, default=None)
 
 
+def attached_folders(inputs: Path, slug: str) -> list[Path]:
+    """Where Kaggle mounts the trial's dataset when it is attached: ``<inputs>/<slug>/`` or
+    ``<inputs>/datasets/<owner>/<slug>/``; the trial's ``fit --resume`` looks there and nowhere else in ``inputs``."""
+    if not inputs.is_dir():
+        return []
+    return [folder for folder in [inputs / slug, *sorted((inputs / "datasets").glob(f"*/{slug}"))] if folder.is_dir()]
+
+
 def attached_manifests(inputs: Path, slug: str) -> list[Manifest]:
-    """The manifests of the trial's dataset where Kaggle mounts it: ``<inputs>/<slug>/`` or
-    ``<inputs>/datasets/<owner>/<slug>/``."""
-    folders = [inputs / slug, *sorted((inputs / "datasets").glob(f"*/{slug}"))] if inputs.is_dir() else []
-    return [m for folder in folders if (m := read_manifest(folder)) is not None]
+    """The manifests of the trial's dataset where it is attached (`attached_folders`)."""
+    return [m for folder in attached_folders(inputs, slug) if (m := read_manifest(folder)) is not None]
 
 
 def read_published(store: CheckpointStore, timeout: float) -> tuple[Manifest, int] | None:
