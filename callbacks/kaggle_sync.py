@@ -171,6 +171,8 @@ class KaggleDatasetSync(Callback):
     def _rows_logged_before(self, step: int | None) -> None:
         """Training thread: every row before ``step`` is logged (None: stage whatever waits); stage the newest
         checkpoint that waited for it (an older one would only be replaced in the publisher's queue)."""
+        if not self._waiting:  # every batch: no lock when nothing waits (one that lands now is staged next batch)
+            return
         with self._lock:
             ready = [s for s in self._waiting if step is None or s.entry.global_step <= step]
             self._waiting = [s for s in self._waiting if s not in ready]

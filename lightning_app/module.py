@@ -362,13 +362,17 @@ class _SeparateGradientSums:
         for index, grads in enumerate(self.sums):
             if grads is None or index == self.active:
                 continue
+            sums, others = [], []
             for parameter, grad in zip(self.parameters, grads, strict=True):
                 if grad is None:
                     continue
                 if parameter.grad is None:
                     parameter.grad = grad
                 else:
-                    parameter.grad.add_(grad)
+                    sums.append(parameter.grad)
+                    others.append(grad)
+            if sums:
+                torch._foreach_add_(sums, others)  # one launch for all, the same addition element by element
         self.reset()
 
 
