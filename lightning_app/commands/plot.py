@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import sys
@@ -42,9 +41,10 @@ import yaml
 from lightning_app.commands import CommandParser, one_line_errors
 from lightning_app.errors import ConfigError
 from lightning_app.experiment import ARCHITECTURE_KEYS, WALL_TIME_KEY
+from lightning_app.persistence.folder import MANIFEST_NAME, read_manifest
+from lightning_app.persistence.history import HISTORY_NAME as METRICS_NAME
+from lightning_app.persistence.manifest import CheckpointEntry
 
-METRICS_NAME = "metrics.csv"
-MANIFEST_NAME = "manifest.json"
 #: A log folder named by the CLI after the experiment, ``rope-small-1a2b3c4d``, or after a sweep's trial,
 #: ``rope-small-1a2b3c4d-5e6f7a8b`` (its grid values hashed): the run's own name.
 _EXPERIMENT_DIR = re.compile(r"^[a-z]+-[a-z]+-[0-9a-f]{8}(?:-[0-9a-f]{8})?$")
@@ -122,21 +122,18 @@ def download_history(dataset: str, into: Path) -> Path:
     return folder
 
 
-def _manifest_newest(metrics: Path) -> dict:
-    """The newest entry of the ``manifest.json`` beside ``metrics`` (a dataset version), or an empty dict."""
-    try:
-        entries = json.loads((metrics.parent / MANIFEST_NAME).read_text()).get("checkpoints") or []
-    except (OSError, ValueError, AttributeError):
-        return {}
-    return max(entries, key=lambda e: (str(e.get("timestamp", "")), int(e.get("global_step", -1))), default={})
+def _manifest_newest(metrics: Path) -> CheckpointEntry | None:
+    """The newest entry of the ``manifest.json`` beside ``metrics`` (a dataset version), if there is one."""
+    manifest = read_manifest(metrics.parent)
+    return next(iter(manifest.newest_first()), None) if manifest is not None else None
 
 
 def read_settings(metrics: Path) -> dict[str, object]:
     """The model settings of the run that wrote ``metrics``: ``hparams.yaml``, else ``config.yaml``'s ``model``,
     else (a dataset version) the architecture its ``manifest.json`` records."""
     newest = _manifest_newest(metrics)
-    if isinstance(newest.get("settings"), dict) and "pe_type" in newest["settings"]:
-        return dict(newest["settings"])
+    if newest is not None and isinstance(newest.settings, dict) and "pe_type" in newest.settings:
+        return dict(newest.settings)
     for name, section in (("hparams.yaml", None), ("config.yaml", "model")):
         path = metrics.parent / name
         if not path.is_file():
@@ -157,8 +154,8 @@ def experiment_key(metrics: Path, settings: dict[str, object]) -> str:
     """What ties the metrics files of one experiment together across sessions and machines."""
     if _EXPERIMENT_DIR.match(metrics.parent.name):
         return metrics.parent.name
-    if run_id := _manifest_newest(metrics).get("run_id"):
-        return f"run {run_id}"  # a dataset version (``<experiment>-checkpoints``, a trial's): its run
+    if (newest := _manifest_newest(metrics)) is not None and newest.run_id:
+        return f"run {newest.run_id}"  # a dataset version (``<experiment>-checkpoints``, a trial's): its run
     if settings:
         return "|".join(f"{k}={settings.get(k)}" for k in ARCHITECTURE_KEYS)
     return str(metrics.resolve())

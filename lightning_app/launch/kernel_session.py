@@ -340,12 +340,13 @@ class KernelSession:
         self._stop, self._stop_read = read.stop, True
         contents = read.others.get(checkpoints)
         text = contents.texts.get(MANIFEST_NAME) if contents is not None else None
-        entries = list(Manifest.from_json(text).entries.values()) if text else []
+        entries = Manifest.from_json(text).newest_first() if text else []
         if not entries:
             return _Published(None, None, contents.number if contents is not None else None, False)
-        newest = max(entries, key=lambda e: e.global_step)
-        finished = any(e.total_steps and e.global_step >= e.total_steps for e in entries)
-        return _Published(newest.global_step, newest.total_steps or None, contents.number, finished)
+        newest = entries[0]
+        return _Published(
+            newest.global_step, newest.total_steps or None, contents.number, any(e.is_final for e in entries)
+        )
 
     def _close_record(self, record: SessionRecord, outcome: CommandOutcome) -> None:
         record.exit_code = outcome.exit_code

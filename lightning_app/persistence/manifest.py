@@ -42,6 +42,11 @@ class CheckpointEntry:
     written_at: float = 0.0  # when it was saved (UTC epoch seconds); 0: before entries had it, the name's second
 
     @property
+    def is_final(self) -> bool:
+        """Whether it is the checkpoint at its run's schedule's end: the run is finished."""
+        return self.total_steps > 0 and self.global_step >= self.total_steps
+
+    @property
     def written(self) -> float:
         """When it was saved, UTC epoch seconds: ``written_at``, else its name's second (0.0 when unreadable)."""
         return self.written_at or stamp_seconds(self.timestamp)

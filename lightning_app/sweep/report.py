@@ -33,7 +33,7 @@ from lightning_app.persistence.manifest import CheckpointEntry
 from lightning_app.persistence.retry import retry_call
 from lightning_app.persistence.store import CheckpointStore, StoreError
 from lightning_app.sweep.plan import SweepPlan, Trial
-from lightning_app.sweep.state import TrialState, is_final
+from lightning_app.sweep.state import TrialState
 
 log = logging.getLogger("lightning_app.sweep")
 
@@ -114,9 +114,9 @@ def _final_checkpoint(
     local = read_manifest(folder)
     for entry in local.entries.values() if local else ():
         path = folder / entry.file
-        if is_final(entry) and path.is_file() and (not entry.sha256 or sha256_of(path) == entry.sha256):
+        if entry.is_final and path.is_file() and (not entry.sha256 or sha256_of(path) == entry.sha256):
             return path, entry
-    if store is None or state.published is None or not is_final(state.published[0]):
+    if store is None or state.published is None or not state.published[0].is_final:
         return None
     entry, version = state.published
     try:

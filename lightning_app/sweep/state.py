@@ -58,11 +58,6 @@ class TrialState:
         return "in progress" if self.newest is not None else "not started"
 
 
-def is_final(entry: CheckpointEntry) -> bool:
-    """Whether ``entry`` is the checkpoint at its run's schedule's end."""
-    return entry.total_steps > 0 and entry.global_step >= entry.total_steps
-
-
 def _newest(entries: list[CheckpointEntry]) -> CheckpointEntry | None:
     return max(entries, key=lambda e: e.order_key, default=None)
 
@@ -119,7 +114,7 @@ def read_state(folder: Path, inputs: Path, slug: str, store: CheckpointStore | N
             entries += published[0].entries.values()
             state.sources.append(f"v{published[1]}")
     state.newest = _newest(entries)
-    state.finished = any(is_final(e) for e in entries)
+    state.finished = any(e.is_final for e in entries)
     return state
 
 
