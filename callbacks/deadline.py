@@ -24,6 +24,13 @@ log = logging.getLogger("lightning_app.deadline")
 
 #: Until an upload is measured, assume this rate (bytes/s) for the first one.
 ASSUMED_UPLOAD_RATE = 10e6
+
+
+def assumed_publish_seconds(state_bytes: int) -> float:
+    """What publishing a checkpoint of ``state_bytes`` is assumed to take until an upload is measured."""
+    return 5.0 + state_bytes / ASSUMED_UPLOAD_RATE
+
+
 #: The `StepConsensus` questions of this callback.
 SIGNAL_RECEIVED, DEADLINE_DUE = "signal_received", "deadline_due"
 _RESUME_HINT = "Resume with the same command plus --resume (in a new session, with or without the dataset attached)."
@@ -111,8 +118,9 @@ class SessionDeadline(Callback):
     def needed_seconds(self) -> float:
         """What stopping cleanly costs now: a checkpoint, its upload, and a couple of steps to get there (plus,
         under DDP, the seconds until the ranks next agree)."""
-        assumed = 5.0 + self._state_bytes / ASSUMED_UPLOAD_RATE  # until an upload is measured
-        publish = self._sync.publish_seconds(assumed) if self._sync is not None else 0.0
+        publish = (
+            self._sync.publish_seconds(assumed_publish_seconds(self._state_bytes)) if self._sync is not None else 0.0
+        )
         steps = 2 * self._consensus.step_seconds + self._consensus.lateness_seconds
         return self.safety * (self._save_seconds + publish) + steps + self.reserve
 

@@ -76,6 +76,8 @@ def restore_history(log_file: Path, step: int, published: str | None) -> str | N
     are kept, so the rows a killed session logged after its checkpoint are replaced by the resumed run's. Written
     atomically. Returns a few words on what was done for the log (None when there was no history to restore).
     """
+    if step < 0:  # the step is not known: keep the log as it is
+        return None
     local = read_history(log_file)
     source, where = (published, "the checkpoint's version") if published else (local, "this folder's log")
     if not source:

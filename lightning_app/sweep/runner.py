@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from callbacks.deadline import assumed_publish_seconds
 from lightning_app.durations import parse_duration
 from lightning_app.errors import ConfigError
 from lightning_app.persistence.restore import RestoreOptions
@@ -25,7 +26,7 @@ from lightning_app.session import SessionBudget, process_start, session_start, s
 from lightning_app.sweep import report, table
 from lightning_app.sweep.grid import refuse_options, split_sweep_args, sweep_options, take_sweep_sections
 from lightning_app.sweep.plan import SweepPlan, Trial, make_plan
-from lightning_app.sweep.scheduler import ASSUMED_UPLOAD_RATE, Devices, Outcome, Scheduler, plan_devices
+from lightning_app.sweep.scheduler import Devices, Outcome, Scheduler, plan_devices
 from lightning_app.sweep.state import TrialState, attached_folders, read_states
 
 log = logging.getLogger("lightning_app.sweep")
@@ -215,7 +216,7 @@ class SweepRunner:
 
         def needed(trial: Trial, startup: float) -> float:
             # What `fit`'s deadline needs to stop cleanly before anything is measured, plus starting the trial.
-            return reserve + safety * (5.0 + trial.state_bytes / ASSUMED_UPLOAD_RATE) + startup
+            return reserve + safety * assumed_publish_seconds(trial.state_bytes) + startup
 
         scheduler = Scheduler(
             devices=self.devices,

@@ -43,8 +43,6 @@ log = logging.getLogger("lightning_app.sweep")
 #: Until a trial of this session has started (its start line), what starting one is assumed to take: a fresh
 #: interpreter importing torch and Lightning, and ``--resume`` reading the dataset.
 ASSUMED_STARTUP_SECONDS = 5.0
-#: Until an upload is measured, ``fit``'s deadline assumes 5 s plus the checkpoint at this rate (bytes/s).
-ASSUMED_UPLOAD_RATE = 10e6
 #: How often the sweep looks at its trials (their exit, their new output).
 POLL_SECONDS = 0.2
 _PR_SET_PDEATHSIG = 1

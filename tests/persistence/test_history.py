@@ -40,3 +40,10 @@ def test_without_a_published_history_this_folders_log_is_cut_at_the_checkpoint(t
 def test_nothing_to_restore_leaves_nothing_behind(tmp_path):
     assert restore_history(tmp_path / "logs" / "metrics.csv", 4, None) is None
     assert not (tmp_path / "logs").exists()
+
+
+def test_an_unknown_step_leaves_the_log_as_it_is(tmp_path):
+    log_file = tmp_path / "metrics.csv"
+    log_file.write_text("step,train_loss\n0,3.5\n1,3.4\n")
+    assert restore_history(log_file, -1, "step,train_loss\n0,3.5\n") is None
+    assert log_file.read_text() == "step,train_loss\n0,3.5\n1,3.4\n"
