@@ -43,6 +43,8 @@ log = logging.getLogger("lightning_app.sweep")
 #: Until a trial of this session has started (its start line), what starting one is assumed to take: a fresh
 #: interpreter importing torch and Lightning, and ``--resume`` reading the dataset.
 ASSUMED_STARTUP_SECONDS = 5.0
+#: How long a trial is given to save and publish after SIGTERM when the sweep itself fails (then SIGKILL).
+STOP_WAIT_SECONDS = 600.0
 #: How often the sweep looks at its trials (their exit, their new output).
 POLL_SECONDS = 0.2
 _PR_SET_PDEATHSIG = 1
@@ -278,6 +280,9 @@ class Scheduler:
                         self._ended(run)
                 if self.stopping is not None and not self._running:
                     break
+        except BaseException:
+            self._stop_running()  # a failure of the sweep itself: its trials still save, never die with it
+            raise
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -337,6 +342,19 @@ class Scheduler:
             outcome = Outcome("crashed", code, f"see {run.log_path}")
         self.outcomes[run.trial.name] = outcome
         log.info(f"Trial {run.trial.name} ({run.trial.label}) ended: {outcome.describe()}")
+
+    def _stop_running(self) -> None:
+        """SIGTERM every running trial and wait for it: each saves and publishes as on a signal (their own deadline
+        bounds that), instead of being SIGKILLed by the parent-death signal when the sweep dies."""
+        for run in self._running:
+            with contextlib.suppress(ProcessLookupError):
+                run.process.send_signal(signal.SIGTERM)
+        for run in self._running:
+            try:
+                run.process.wait(STOP_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                log.warning(f"Trial {run.trial.name} did not stop in {STOP_WAIT_SECONDS:.0f} s after SIGTERM: killed")
+                run.process.kill()
 
     def _on_signal(self, signum: int, _frame) -> None:
         first = self.stopping != "signal"

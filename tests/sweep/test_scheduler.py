@@ -121,3 +121,29 @@ def test_a_signal_to_the_sweep_reaches_the_running_trials_once_and_no_trial_star
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_a_failure_of_the_sweep_itself_stops_its_running_trials_with_sigterm_so_they_save(tmp_path):
+    saves_on_sigterm = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('sav' + 'ed on SIGTERM', flush=True), sys.exit(0)))\n"
+        "print('Train' + 'ing', flush=True)\n"
+        "time.sleep(60)\n"
+        "sys.exit(9)\n"
+    )
+    logs = tmp_path / "logs" / "sweep"
+    calls = []
+
+    def remaining() -> float:
+        calls.append(1)
+        if len(calls) == 2:  # deciding on the second trial, with the first one training: the sweep fails
+            wait_for(lambda: "Training" in _read(logs / "a.log"), 60, "the first trial to train")
+            raise RuntimeError("a bug in the sweep")
+        return 1e6
+
+    scheduler = _scheduler(tmp_path, {"a": saves_on_sigterm, "b": "print('never')"}, remaining, parallel=2)
+    with pytest.raises(RuntimeError, match="a bug in the sweep"):
+        scheduler.run([_trial("a"), _trial("b")])
+    assert "saved on SIGTERM" in _read(logs / "a.log")  # not left to the parent-death SIGKILL (the log's first
+    # line holds the command, hence the words split in the script)
+    assert not (logs / "b.log").exists()
